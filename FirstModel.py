@@ -1,0 +1,138 @@
+"""FirstModel: a small CNN trained from scratch on a few hundred images, with augmentation.
+
+After the Keras blog post "Building powerful image classification models using
+very little data" (2016), ported from Keras 2 (2018) to TensorFlow 2.21 / Keras 3.
+
+    python FirstModel.py                 # trains on data/train, checks on data/validation
+    tensorboard --logdir logs            # compare the runs
+
+Edit the constants below and run again; every run gets its own TensorBoard folder.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+
+import keras
+from keras import layers
+from tensorflow.keras.preprocessing.image import ImageDataGenerator
+
+import image_folders
+
+# Data and outputs.
+TRAIN_DIR = "data/train"
+VALIDATION_DIR = "data/validation"
+LOG_DIR = "logs"
+MODEL_FILE = "FirstModel.h5"
+
+# Hyperparameters of the 2018 script.
+IMAGE_SIZE = 150  # images are resized to IMAGE_SIZE x IMAGE_SIZE
+BATCH_SIZE = 1
+EPOCHS = 50
+LEARNING_RATE = 1.0  # Adadelta's default in Keras 2; Keras 3's default (0.001) barely learns
+DROPOUT = 0.5
+SHEAR_RANGE = 0.2
+ZOOM_RANGE = 0.2
+HORIZONTAL_FLIP = True
+SEED = 2018
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description="Train FirstModel, a small CNN with augmentation.")
+    parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
+    parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
+    parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
+    parser.add_argument("--model-file", default=MODEL_FILE, help="the weights go beside it")
+    parser.add_argument("--seed", type=int, default=SEED)
+    return parser.parse_args()
+
+
+def build_model(image_size, num_classes):
+    """Three convolution blocks and a small dense head, as in 2018."""
+    return keras.Sequential([
+        keras.Input(shape=(image_size, image_size, 3)),
+        layers.Conv2D(32, (3, 3)),
+        layers.Activation("relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Conv2D(32, (3, 3)),
+        layers.Activation("relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Conv2D(64, (3, 3)),
+        layers.Activation("relu"),
+        layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Flatten(),
+        layers.Dense(64),
+        layers.Activation("relu"),
+        layers.Dropout(DROPOUT),
+        layers.Dense(num_classes),
+        layers.Activation("softmax"),
+    ])
+
+
+def main():
+    args = parse_args()
+
+    # Check the folders before anything slow starts.
+    class_names, train_counts, validation_counts = image_folders.check_image_folders(
+        args.train_dir, args.validation_dir)
+    image_folders.check_output_folder(args.model_file)
+    print(f"Classes: {', '.join(class_names)}")
+    print(f"Training images per class: {train_counts}")
+    print(f"Validation images per class: {validation_counts}")
+    keras.utils.set_random_seed(args.seed)
+
+    # Training images are augmented on the fly; validation images are only rescaled,
+    # and read in a fixed order so that val_loss compares epoch to epoch.
+    target_size = (args.image_size, args.image_size)
+    train_augmentation = ImageDataGenerator(
+        rescale=1.0 / 255,
+        shear_range=SHEAR_RANGE,
+        zoom_range=ZOOM_RANGE,
+        horizontal_flip=HORIZONTAL_FLIP,
+    )
+    train_batches = train_augmentation.flow_from_directory(
+        args.train_dir, target_size=target_size, classes=class_names,
+        batch_size=args.batch_size, class_mode="categorical", seed=args.seed)
+    validation_batches = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
+        args.validation_dir, target_size=target_size, classes=class_names,
+        batch_size=args.batch_size, class_mode="categorical", shuffle=False)
+
+    model = build_model(args.image_size, len(class_names))
+    model.compile(
+        optimizer=keras.optimizers.Adadelta(learning_rate=LEARNING_RATE),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.summary()
+
+    # One TensorBoard folder per run, so that runs can be told apart.
+    run_dir = os.path.join(args.log_dir, time.strftime("FirstModel-%Y%m%d-%H%M%S"))
+    print(f"TensorBoard run: {run_dir}")
+    history = model.fit(
+        train_batches,
+        validation_data=validation_batches,
+        epochs=args.epochs,
+        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir)],
+        verbose=2,
+    )
+
+    weights_file = os.path.splitext(args.model_file)[0] + ".weights.h5"
+    model.save(args.model_file)
+    model.save_weights(weights_file)
+    print(f"Saved {args.model_file} and {weights_file}")
+    # The last line sums the run up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
+                     for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except image_folders.DataError as error:
+        sys.exit(f"FirstModel.py: error: {error}")

@@ -1,0 +1,70 @@
+"""Turn one image into randomly augmented copies, to see what augmentation does.
+
+    python UnitaryImageAugmentationSample.py      # 21 copies of data/train/refImage.png
+                                                  # in data/generated/MY_CLASS_0001.jpg ...
+
+Edit the constants below to try other augmentation settings. Existing files are
+never overwritten: a second run adds new copies after the ones already there.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+
+from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
+
+import image_folders
+
+IMAGE = "data/train/refImage.png"
+OUTPUT_DIR = "data/generated"
+COUNT = 21
+PREFIX = "MY_CLASS"  # name the copies after the class of the image
+
+# The 2018 augmentation settings.
+ROTATION_RANGE = 40
+WIDTH_SHIFT_RANGE = 0.2
+HEIGHT_SHIFT_RANGE = 0.2
+SHEAR_RANGE = 0.2
+ZOOM_RANGE = 0.2
+HORIZONTAL_FLIP = True
+FILL_MODE = "nearest"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description="Write randomly augmented copies of one image.")
+    parser.add_argument("--image", default=IMAGE)
+    parser.add_argument("--output-dir", default=OUTPUT_DIR)
+    parser.add_argument("--count", type=int, default=COUNT, help="how many copies to write")
+    parser.add_argument("--prefix", default=PREFIX, help="file names start with it")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if not os.path.isfile(args.image):
+        raise image_folders.DataError(f"image '{args.image}' does not exist: name an image with --image")
+    image = img_to_array(image_folders.open_rgb(args.image))
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    augmentation = ImageDataGenerator(
+        rotation_range=ROTATION_RANGE,
+        width_shift_range=WIDTH_SHIFT_RANGE,
+        height_shift_range=HEIGHT_SHIFT_RANGE,
+        shear_range=SHEAR_RANGE,
+        zoom_range=ZOOM_RANGE,
+        horizontal_flip=HORIZONTAL_FLIP,
+        fill_mode=FILL_MODE,
+    )
+    for _ in range(args.count):
+        copy = array_to_img(augmentation.random_transform(image))
+        print(image_folders.save_new_jpeg(copy, args.output_dir, args.prefix))
+    print(f"Wrote {args.count} augmented copies of {args.image} to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except image_folders.DataError as error:
+        sys.exit(f"UnitaryImageAugmentationSample.py: error: {error}")

@@ -1,0 +1,68 @@
+"""ClassImageAugmentationSample.py: exact top-up counts, a no-op second run, untouched originals."""
+
+import hashlib
+
+from PIL import Image
+
+from conftest import make_images, run_script
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file under folder."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def balance(tmp_path, train_dir, validation_dir, *extra_args):
+    return run_script(
+        "ClassImageAugmentationSample.py", "--train-dir", train_dir,
+        "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
+        "--train-target", 6, "--validation-target", 3, *extra_args, cwd=tmp_path)
+
+
+def test_tops_classes_up_to_the_exact_target(tmp_path):
+    train_dir = make_images(tmp_path / "train", {"apple": 7, "berry": 2, "cherry": 6})
+    validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 3, "cherry": 2})
+    originals = snapshot(tmp_path / "train") | snapshot(tmp_path / "validation")
+
+    result = balance(tmp_path, train_dir, validation_dir)
+    assert result.returncode == 0, result.stderr
+
+    generated = tmp_path / "generated"
+    counts = {f"{split}/{name}": len(list((generated / split / name).iterdir()))
+              for split in ("train", "validation") for name in ("apple", "berry", "cherry")}
+    assert counts == {"train/apple": 7, "train/berry": 6, "train/cherry": 6,
+                      "validation/apple": 3, "validation/berry": 3, "validation/cherry": 3}
+    # Over the target: reported and left alone.
+    assert f"{generated / 'train' / 'apple'}: 7 images, at or above the target of 6; left alone" \
+        in result.stdout
+    # The originals are copied as they are, the rest are augmented JPEGs.
+    berries = sorted(path.name for path in (generated / "train" / "berry").iterdir())
+    assert berries == ["Random_0001.jpg", "Random_0002.jpg", "Random_0003.jpg", "Random_0004.jpg",
+                       "berry_000.png", "berry_001.jpg"]
+    assert (generated / "train" / "berry" / "berry_001.jpg").read_bytes() == \
+        (train_dir / "berry" / "berry_001.jpg").read_bytes()
+    with Image.open(generated / "train" / "berry" / "Random_0004.jpg") as image:
+        assert image.format == "JPEG" and image.size == (40, 30)
+
+    # The originals are untouched, and a second run adds nothing.
+    assert snapshot(tmp_path / "train") | snapshot(tmp_path / "validation") == originals
+    before_second_run = snapshot(generated)
+    again = balance(tmp_path, train_dir, validation_dir)
+    assert again.returncode == 0, again.stderr
+    assert snapshot(generated) == before_second_run
+    assert again.stdout.count("left alone") == 6
+
+
+def test_balanced_output_trains_without_moving_files(tmp_path):
+    train_dir = make_images(tmp_path / "train", {"apple": 4, "berry": 2})
+    validation_dir = make_images(tmp_path / "validation", {"apple": 2, "berry": 1})
+    assert balance(tmp_path, train_dir, validation_dir).returncode == 0
+    result = run_script(
+        "SecondModel.py", "--train-dir", tmp_path / "generated" / "train",
+        "--validation-dir", tmp_path / "generated" / "validation", "--epochs", 1,
+        "--image-size", 32, "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "s.h5",
+        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Training images per class: {'apple': 6, 'berry': 6}" in result.stdout
+    assert "Class weights: apple 1.000, berry 1.000" in result.stdout

@@ -1,0 +1,50 @@
+"""FirstModel.py end to end on a tiny data set made in the test."""
+
+import re
+import subprocess
+import sys
+
+from conftest import logged_scalars, run_script
+
+FINAL_LINE = re.compile(
+    r"^loss: (\d+\.\d+) - accuracy: (\d+\.\d+) - val_loss: (\d+\.\d+) - val_accuracy: (\d+\.\d+)$")
+
+
+def reload_and_predict(model_file, image_size, batch):
+    """Load a saved model in a new process, as a user would, and return its prediction shape."""
+    code = (
+        "import keras, numpy\n"
+        f"model = keras.models.load_model({str(model_file)!r})\n"
+        f"print(model.predict(numpy.zeros(({batch}, {image_size}, {image_size}, 3)), verbose=0).shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    (tmp_path / "models").mkdir()
+    result = run_script(
+        "FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+        "--epochs", 3, "--batch-size", 2, "--image-size", 32, "--log-dir", tmp_path / "logs",
+        "--model-file", tmp_path / "models" / "first.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    # Every training image once per epoch: 12 images at batch size 2 are 6 steps.
+    assert "6/6" in result.stdout
+    final = FINAL_LINE.match(result.stdout.strip().splitlines()[-1])
+    assert final, result.stdout
+    # Two classes of different colours: better than chance after 3 epochs.
+    assert float(final.group(4)) > 0.5
+
+    assert (tmp_path / "models" / "first.h5").is_file()
+    assert (tmp_path / "models" / "first.weights.h5").is_file()
+    assert reload_and_predict(tmp_path / "models" / "first.h5", 32, 3) == "(3, 2)"
+
+    runs = list((tmp_path / "logs").iterdir())
+    assert len(runs) == 1 and re.fullmatch(r"FirstModel-\d{8}-\d{6}", runs[0].name)
+    train_scalars = logged_scalars(runs[0] / "train")
+    validation_scalars = logged_scalars(runs[0] / "validation")
+    assert sorted(train_scalars["epoch_accuracy"]) == [0, 1, 2]
+    assert sorted(validation_scalars["epoch_accuracy"]) == [0, 1, 2]
+    assert validation_scalars["epoch_accuracy"][2] == float(final.group(4))

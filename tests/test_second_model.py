@@ -1,0 +1,61 @@
+"""SecondModel.py end to end: class weights, saving and resuming."""
+
+import re
+
+import h5py
+
+from conftest import logged_scalars, own_stderr_lines, run_script
+from test_first_model import FINAL_LINE, reload_and_predict
+
+
+def train_second_model(dataset, tmp_path, *extra_args):
+    train_dir, validation_dir = dataset
+    return run_script(
+        "SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+        "--batch-size", 4, "--image-size", 32, "--log-dir", tmp_path / "logs",
+        "--model-file", tmp_path / "second.h5", *extra_args, cwd=tmp_path)
+
+
+def optimizer_iterations(model_file):
+    with h5py.File(model_file, "r") as saved:
+        return int(saved["optimizer_weights"]["adadelta"]["iteration"][()])
+
+
+def test_class_weights_training_and_resume(small_dataset, tmp_path):
+    first = train_second_model(small_dataset, tmp_path, "--epochs", 1)
+    assert first.returncode == 0, first.stderr
+    # 8 apples and 4 berries: weight = largest class count / class count.
+    assert "Class weights: apple 1.000, berry 2.000" in first.stdout
+    assert FINAL_LINE.match(first.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "second.weights.h5").is_file()
+    assert reload_and_predict(tmp_path / "second.h5", 32, 5) == "(5, 2)"
+    # 12 training images at batch size 4: 3 steps an epoch.
+    assert optimizer_iterations(tmp_path / "second.h5") == 3
+
+    resumed = train_second_model(small_dataset, tmp_path, "--initial-epoch", 1, "--epochs", 3)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stdout
+    assert "Epoch 1/3" not in resumed.stdout
+    assert "Epoch 2/3" in resumed.stdout and "Epoch 3/3" in resumed.stdout
+    # The optimizer's state went on from the saved model: 3 epochs of 3 steps in all.
+    assert optimizer_iterations(tmp_path / "second.h5") == 9
+
+    runs = sorted((tmp_path / "logs").iterdir())
+    assert len(runs) == 2 and all(re.fullmatch(r"SecondModel-\d{8}-\d{6}", run.name) for run in runs)
+    resumed_epochs = logged_scalars(runs[-1] / "validation")["epoch_accuracy"]
+    assert sorted(resumed_epochs) == [1, 2]
+
+
+def test_resume_without_saved_model_is_a_clear_error(small_dataset, tmp_path):
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 2, "--epochs", 4)
+    assert result.returncode != 0
+    assert own_stderr_lines(result) == [
+        f"SecondModel.py: error: cannot resume: model file '{tmp_path / 'second.h5'}' does not exist; "
+        "train from the start (--initial-epoch 0) or name the saved model with --model-file"]
+
+
+def test_epochs_must_be_above_initial_epoch(small_dataset, tmp_path):
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 5, "--epochs", 5)
+    assert result.returncode != 0
+    [line] = own_stderr_lines(result)
+    assert "--epochs 5 must be above --initial-epoch 5" in line

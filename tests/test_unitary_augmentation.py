@@ -1,0 +1,44 @@
+"""UnitaryImageAugmentationSample.py: augmented copies of one image."""
+
+from PIL import Image
+
+from conftest import make_images, own_stderr_lines, run_script
+
+
+def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
+    make_images(tmp_path / "data" / "train", {"shapes": 1}, size=(60, 50))
+    (tmp_path / "data" / "train" / "shapes" / "shapes_000.png").rename(
+        tmp_path / "data" / "train" / "refImage.png")
+
+    # With no flags, as in 2018: data/train/refImage.png into data/generated.
+    result = run_script("UnitaryImageAugmentationSample.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    copies = sorted((tmp_path / "data" / "generated").iterdir())
+    assert [path.name for path in copies] == [f"MY_CLASS_{n:04d}.jpg" for n in range(1, 22)]
+    with Image.open(copies[0]) as image:
+        assert image.format == "JPEG" and image.size == (60, 50)
+
+    first_copy = copies[0].read_bytes()
+    again = run_script("UnitaryImageAugmentationSample.py", "--count", 3, "--prefix", "star",
+                       cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(list((tmp_path / "data" / "generated").glob("star_*.jpg"))) == 3
+    assert copies[0].read_bytes() == first_copy
+
+
+def test_flags_choose_image_folder_count_and_prefix(tmp_path):
+    make_images(tmp_path / "in", {"cat": 1})
+    result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "in/cat/cat_000.png",
+                        "--output-dir", tmp_path / "out", "--count", 4, "--prefix", "cat", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "cat_0001.jpg", "cat_0002.jpg", "cat_0003.jpg", "cat_0004.jpg"]
+
+
+def test_missing_image_is_one_clear_line(tmp_path):
+    result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "nope.png",
+                        cwd=tmp_path)
+    assert result.returncode != 0
+    assert own_stderr_lines(result) == [
+        f"UnitaryImageAugmentationSample.py: error: image '{tmp_path / 'nope.png'}' does not exist: "
+        "name an image with --image"]
