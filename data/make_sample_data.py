@@ -53,15 +53,15 @@ def draw_background(rng, width, height):
     pixels = (top * (1 - ramp) + bottom * ramp) * np.ones((1, width, 1))
     image = Image.fromarray(pixels.astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(3, 8)):
+    for _ in range(rng.integers(2, 6)):
         x, y = rng.integers(0, width), rng.integers(0, height)
         r = rng.integers(10, max(11, min(width, height) // 4))
         draw.ellipse([x - r, y - r, x + r, y + r], fill=random_colour(rng))
-    image = image.filter(ImageFilter.GaussianBlur(radius=6))
+    image = image.filter(ImageFilter.GaussianBlur(radius=12))
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(3, 9)):
+    for _ in range(rng.integers(2, 7)):
         points = [(int(rng.integers(0, width)), int(rng.integers(0, height))) for _ in range(2)]
-        draw.line(points, fill=random_colour(rng), width=int(rng.integers(1, 4)))
+        draw.line(points, fill=random_colour(rng), width=int(rng.integers(1, 3)))
     return image
 
 
@@ -70,16 +70,17 @@ def draw_sample(rng, kind):
     image = draw_background(rng, width, height)
     draw = ImageDraw.Draw(image)
     short_side = min(width, height)
-    radius = rng.uniform(0.18, 0.38) * short_side
+    radius = rng.uniform(0.25, 0.45) * short_side
     centre = (rng.uniform(radius, width - radius), rng.uniform(radius, height - radius))
-    colour = random_colour(rng)
+    colour = random_colour(rng, 60, 256)
+    outline = random_colour(rng, 0, 50)  # a dark outline sets the shape off the clutter
     if kind == "circle":
         rx, ry = radius * rng.uniform(0.8, 1.0), radius * rng.uniform(0.8, 1.0)
         box = [centre[0] - rx, centre[1] - ry, centre[0] + rx, centre[1] + ry]
-        draw.ellipse(box, fill=colour, outline=random_colour(rng), width=2)
+        draw.ellipse(box, fill=colour, outline=outline, width=4)
     else:
         points = shape_points(kind, centre, radius, rng.uniform(0, 2 * math.pi))
-        draw.polygon(points, fill=colour, outline=random_colour(rng), width=2)
+        draw.polygon(points, fill=colour, outline=outline, width=4)
     # Sensor-like noise, light enough to keep the files small.
     noise = rng.normal(0, 4, size=(height, width, 3))
     pixels = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255)
