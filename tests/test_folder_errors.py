@@ -45,3 +45,13 @@ def test_class_folder_without_images(script, tmp_path):
     validation_dir = make_images(tmp_path / "validation", {"a": 1, "b": 0})
     result = run_on(script, tmp_path, train_dir, validation_dir)
     assert_one_line_error(result, f"'{validation_dir / 'b'}' has no images")
+
+
+@pytest.mark.parametrize("script", ["FirstModel.py", "SecondModel.py"])
+def test_model_file_in_missing_folder_fails_before_training(script, small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    model_file = tmp_path / "no such folder" / "model.h5"
+    result = run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--model-file", model_file, "--log-dir", tmp_path / "logs", cwd=tmp_path)
+    assert_one_line_error(result, f"folder '{model_file.parent}' does not exist")
+    assert "Epoch 1/" not in result.stdout
