@@ -57,7 +57,9 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         os.makedirs(class_output, exist_ok=True)
         originals = image_folders.list_images(class_source)
         for name in originals:
-            image_folders.copy_if_absent(os.path.join(class_source, name), class_output)
+            # An image in a sub-folder, say 2019/a.jpg, is copied as 2019_a.jpg.
+            image_folders.copy_if_absent(os.path.join(class_source, name), class_output,
+                                         name.replace(os.sep, "_"))
 
         count = len(image_folders.list_images(class_output))
         if count >= target:

@@ -1,4 +1,4 @@
-"""Reading and checking the image folders that every script in this collection uses.
+"""Reading, checking and batching the image folders that every script in this collection uses.
 
 A data set is a folder with one sub-folder of images per class:
 
@@ -7,13 +7,22 @@ A data set is a folder with one sub-folder of images per class:
 
 Class names are the sub-folder names in sorted order, as Keras'
 flow_from_directory gives them; class index i is the i-th name.
+
+The model scripts read every image once per run, in parallel, at the size the
+network takes, and keep them in memory as uint8; augmentation then runs on those
+arrays inside tf.data, with the transforms of Keras' ImageDataGenerator.
 """
 
+import concurrent.futures
 import itertools
+import math
 import os
 import shutil
 import tempfile
 
+import keras
+import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageOps
 
 # The extensions flow_from_directory reads, in any letter case.
@@ -30,9 +39,17 @@ def is_image_file(name):
 
 
 def list_images(folder):
-    """Sorted image file names directly inside folder."""
-    return sorted(name for name in os.listdir(folder)
-                  if is_image_file(name) and os.path.isfile(os.path.join(folder, name)))
+    """Paths, relative to folder, of the images in folder and its sub-folders.
+
+    The files flow_from_directory reads, in its order (folder by folder, sorted
+    by path, then by file name), less hidden files and folders.
+    """
+    found = []
+    for root, sub_folders, names in os.walk(folder):
+        sub_folders[:] = [name for name in sub_folders if not name.startswith(".")]
+        found.append((root, sorted(name for name in names if is_image_file(name))))
+    return [os.path.relpath(os.path.join(root, name), folder)
+            for root, names in sorted(found) for name in names]
 
 
 def class_names(data_dir, role):
@@ -123,12 +140,164 @@ def save_new_jpeg(image, folder, prefix):
     return _publish(lambda file: image.save(file, format="JPEG", quality=95), folder, numbered_names)
 
 
-def copy_if_absent(source_path, folder):
-    """Copy a file into folder under its own name unless that name is taken; True if copied."""
+def copy_if_absent(source_path, folder, name):
+    """Copy a file into folder as name unless that name is taken; True if copied."""
     def write(file):
         with open(source_path, "rb") as source:
             shutil.copyfileobj(source, file)
-    name = os.path.basename(source_path)
     if os.path.exists(os.path.join(folder, name)):
         return False
     return _publish(write, folder, [name]) is not None
+
+
+def load_image(path, image_size):
+    """One image as an image_size x image_size x 3 uint8 array, the way the models see it.
+
+    A JPEG much larger than image_size is decoded at a reduced scale (Pillow's
+    draft mode), then every image is turned upright, made RGB and resized with an
+    antialiasing filter, stretched to a square as flow_from_directory did.
+    """
+    with Image.open(path) as image:
+        image.draft("RGB", (image_size, image_size))
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    square = upright.resize((image_size, image_size), Image.Resampling.LANCZOS)
+    return np.asarray(square, dtype=np.uint8)
+
+
+def load_images(data_dir, class_names, image_size):
+    """Every image of data_dir's class folders, read once and in parallel.
+
+    Returns (images, labels, paths): an (N, image_size, image_size, 3) uint8
+    array, the class index of each image, and the file each came from, in class
+    order and then file name order, as flow_from_directory lists them.
+    """
+    paths, labels = [], []
+    for index, class_name in enumerate(class_names):
+        class_dir = os.path.join(data_dir, class_name)
+        for name in list_images(class_dir):
+            paths.append(os.path.join(class_dir, name))
+            labels.append(index)
+    images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+
+    def load_into(position):
+        images[position] = load_image(paths[position], image_size)
+
+    # Pillow decodes and resizes outside Python's global lock, so threads use every core.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(load_into, range(len(paths))))
+    return images, np.array(labels), paths
+
+
+def _rescaled(images, labels, num_classes):
+    """uint8 images to floats in [0, 1], as rescale=1/255 did; labels to one-hot."""
+    return tf.cast(images, tf.float32) / 255.0, tf.one_hot(labels, num_classes)
+
+
+def validation_batches(images, labels, num_classes, batch_size):
+    """Batches in a fixed order, so that every epoch's val_loss is measured on the same images."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    return dataset.map(lambda x, y: _rescaled(x, y, num_classes)).prefetch(tf.data.AUTOTUNE)
+
+
+def training_batches(images, labels, num_classes, batch_size, seed, augmentation=None):
+    """Shuffled batches, every image once per epoch, augmented with augmentation's settings.
+
+    augmentation is a Keras ImageDataGenerator (or None for no augmentation); its
+    random transforms are applied to the in-memory images by augment() below.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augmentation is not None:
+        check_augmentation(augmentation)
+        # One random seed per batch makes the transforms repeatable with --seed.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, batch_seed: (augment(batch[0], augmentation, batch_seed), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda x, y: _rescaled(x, y, num_classes))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# ImageDataGenerator settings that augment() does not implement.
+_UNSUPPORTED_SETTINGS = ("featurewise_center", "samplewise_center", "featurewise_std_normalization",
+                         "samplewise_std_normalization", "zca_whitening", "channel_shift_range",
+                         "preprocessing_function", "rescale")
+
+
+def check_augmentation(augmentation):
+    for setting in _UNSUPPORTED_SETTINGS:
+        if getattr(augmentation, setting):
+            raise ValueError(f"ImageDataGenerator setting {setting} is not supported in memory")
+    for setting in ("width_shift_range", "height_shift_range"):
+        if not 0 <= getattr(augmentation, setting) < 1:
+            raise ValueError(f"{setting} must be a fraction of the image size, from 0 to 1")
+
+
+def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
+    """ImageDataGenerator's affine matrix for square images, one row per image.
+
+    Rotation, then shift, shear and zoom, about the image centre; angles in
+    degrees, shifts in pixels, each argument a vector with one value per image.
+    Returns the 8-number transforms keras.ops.image.affine_transform takes.
+    """
+    count = tf.shape(theta)[0]
+    zeros, ones = tf.zeros([count]), tf.ones([count])
+    theta = theta * (math.pi / 180)
+    shear = shear * (math.pi / 180)
+    centre = size / 2 - 0.5
+
+    def matrices(first_row, second_row):
+        rows = [first_row, second_row, [zeros, zeros, ones]]
+        return tf.stack([tf.stack(row, axis=-1) for row in rows], axis=-2)
+
+    matrix = matrices([ones, zeros, ones * centre], [zeros, ones, ones * centre])
+    for first_row, second_row in (
+        ([tf.cos(theta), -tf.sin(theta), zeros], [tf.sin(theta), tf.cos(theta), zeros]),
+        ([ones, zeros, shift_x], [zeros, ones, shift_y]),
+        ([ones, -tf.sin(shear), zeros], [zeros, tf.cos(shear), zeros]),
+        ([zoom_x, zeros, zeros], [zeros, zoom_y, zeros]),
+        ([ones, zeros, -ones * centre], [zeros, ones, -ones * centre]),
+    ):
+        matrix = tf.matmul(matrix, matrices(first_row, second_row))
+    return tf.concat([tf.reshape(matrix, [-1, 9])[:, :6], tf.zeros([count, 2])], axis=1)
+
+
+def augment(images, augmentation, seed):
+    """Random transforms of a batch of square images, as ImageDataGenerator.random_transform.
+
+    The same random ranges, the same affine matrix and the same fill mode as
+    ImageDataGenerator, with bilinear interpolation like its scipy transform, but
+    applied to a whole batch at once in TensorFlow's threads. brightness_range
+    multiplies the pixel values, without the contrast stretch ImageDataGenerator
+    adds. Returns float32 pixel values from 0 to 255.
+    """
+    count = tf.shape(images)[0]
+    size = images.shape[1]
+    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=8)))
+
+    def uniform(low, high):
+        return tf.random.stateless_uniform([count], next(seeds), minval=low, maxval=high)
+
+    # The draws of ImageDataGenerator.get_random_transform; its "height" shift moves along x.
+    transforms = affine_transforms(
+        size,
+        theta=uniform(-augmentation.rotation_range, augmentation.rotation_range),
+        shift_x=uniform(-augmentation.height_shift_range, augmentation.height_shift_range) * size,
+        shift_y=uniform(-augmentation.width_shift_range, augmentation.width_shift_range) * size,
+        shear=uniform(-augmentation.shear_range, augmentation.shear_range),
+        zoom_x=uniform(*augmentation.zoom_range),
+        zoom_y=uniform(*augmentation.zoom_range),
+    )
+    transformed = keras.ops.image.affine_transform(
+        tf.cast(images, tf.float32), transforms, interpolation="bilinear",
+        fill_mode=augmentation.fill_mode, fill_value=augmentation.cval)
+
+    for enabled, axis in ((augmentation.horizontal_flip, 2), (augmentation.vertical_flip, 1)):
+        if enabled:
+            flip = uniform(0.0, 1.0) < 0.5
+            transformed = tf.where(flip[:, None, None, None], tf.reverse(transformed, [axis]), transformed)
+    if augmentation.brightness_range is not None:
+        brightness = uniform(*augmentation.brightness_range)
+        transformed = tf.clip_by_value(transformed * brightness[:, None, None, None], 0, 255)
+    return transformed
