@@ -55,7 +55,17 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         class_source = os.path.join(source_dir, class_name)
         class_output = os.path.join(output_dir, class_name)
         os.makedirs(class_output, exist_ok=True)
-        originals = image_folders.list_images(class_source)
+        # Only images that can be read are copied and augmented; the others are reported.
+        originals = []
+        for name in image_folders.list_images(class_source):
+            try:
+                image_folders.read_rgb(os.path.join(class_source, name))
+                originals.append(name)
+            except image_folders.DataError as error:
+                image_folders.warn(f"{error}; skipped")
+        if not originals:
+            raise image_folders.DataError(f"class folder '{class_source}' has no readable images: "
+                                          "replace the files warned about above")
         for name in originals:
             # An image in a sub-folder, say 2019/a.jpg, is copied as 2019_a.jpg.
             image_folders.copy_if_absent(os.path.join(class_source, name), class_output,
@@ -69,7 +79,7 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         for number in range(target - count):
             # Take the originals in turn, so that each one is augmented about as often.
             original = originals[number % len(originals)]
-            image = img_to_array(image_folders.open_rgb(os.path.join(class_source, original)))
+            image = img_to_array(image_folders.read_rgb(os.path.join(class_source, original)))
             copy = array_to_img(augmentation.random_transform(image))
             image_folders.save_new_jpeg(copy, class_output, PREFIX)
         print(f"{class_output}: {len(image_folders.list_images(class_output))} images")
@@ -78,6 +88,8 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
 def main():
     args = parse_args()
     # Check both folders before writing anything.
+    if args.train_target < 0 or args.validation_target < 0:
+        raise image_folders.DataError("--train-target and --validation-target must be 0 or more")
     class_names, _, _ = image_folders.check_image_folders(args.train_dir, args.validation_dir)
     augmentation = ImageDataGenerator(
         rotation_range=ROTATION_RANGE,
@@ -97,5 +109,8 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except image_folders.DataError as error:
+    except (image_folders.DataError, OSError) as error:
         sys.exit(f"ClassImageAugmentationSample.py: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("ClassImageAugmentationSample.py: interrupted; the images written so far are "
+                 "complete, and a new run tops up from there")

@@ -32,6 +32,7 @@ MODEL_FILE = "FirstModel.h5"
 IMAGE_SIZE = 150  # images are resized to IMAGE_SIZE x IMAGE_SIZE
 BATCH_SIZE = 1
 EPOCHS = 50
+INITIAL_EPOCH = 0  # above 0, training resumes the model saved in MODEL_FILE
 LEARNING_RATE = 1.0  # Adadelta's default in Keras 2; Keras 3's default (0.001) barely learns
 DROPOUT = 0.5
 SHEAR_RANGE = 0.2
@@ -44,7 +45,9 @@ def parse_args():
     parser = argparse.ArgumentParser(description="Train FirstModel, a small CNN with augmentation.")
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
     parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="the epoch to stop after")
+    parser.add_argument("--initial-epoch", type=int, default=INITIAL_EPOCH,
+                        help="epochs already done by the model in --model-file, to resume it")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
@@ -75,24 +78,34 @@ def build_model(image_size, num_classes):
     ])
 
 
+def compile_model(model):
+    model.compile(
+        optimizer=keras.optimizers.Adadelta(learning_rate=LEARNING_RATE),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
 def main():
     args = parse_args()
 
-    # Check the folders before anything slow starts.
+    # Check the folders and the resume request before anything slow starts.
     class_names, train_counts, validation_counts = image_folders.check_image_folders(
         args.train_dir, args.validation_dir)
     image_folders.check_output_folder(args.model_file)
+    image_folders.check_training_settings(args.epochs, args.batch_size, args.image_size)
+    image_folders.check_resume(args.model_file, args.initial_epoch, args.epochs)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(args.seed + args.initial_epoch)
 
     # Read every image once, at the size the network takes; augment in memory.
     started = time.perf_counter()
     train_images, train_labels, _ = image_folders.load_images(
-        args.train_dir, class_names, args.image_size)
+        args.train_dir, class_names, args.image_size, "training")
     validation_images, validation_labels, _ = image_folders.load_images(
-        args.validation_dir, class_names, args.image_size)
+        args.validation_dir, class_names, args.image_size, "validation")
     print(f"Read {len(train_images) + len(validation_images)} images "
           f"in {time.perf_counter() - started:.1f} s")
     augmentation = ImageDataGenerator(
@@ -101,34 +114,42 @@ def main():
         horizontal_flip=HORIZONTAL_FLIP,
     )
     train_batches = image_folders.training_batches(
-        train_images, train_labels, len(class_names), args.batch_size, args.seed, augmentation)
+        train_images, train_labels, len(class_names), args.batch_size,
+        args.seed + args.initial_epoch, augmentation)
     # Validation images are not augmented, and come in a fixed order so that val_loss
     # compares epoch to epoch.
     validation_batches = image_folders.validation_batches(
         validation_images, validation_labels, len(class_names), args.batch_size)
 
-    model = build_model(args.image_size, len(class_names))
-    model.compile(
-        optimizer=keras.optimizers.Adadelta(learning_rate=LEARNING_RATE),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    if args.initial_epoch > 0:
+        model = image_folders.load_model_to_resume(args.model_file, args.image_size, len(class_names))
+        compile_model(model)
+        image_folders.restore_optimizer_state(model, args.model_file)
+        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+    else:
+        model = build_model(args.image_size, len(class_names))
+        compile_model(model)
     model.summary()
 
     # One TensorBoard folder per run, so that runs can be told apart.
     run_dir = os.path.join(args.log_dir, time.strftime("FirstModel-%Y%m%d-%H%M%S"))
     print(f"TensorBoard run: {run_dir}")
+    stop_on_ctrl_c = image_folders.StopOnCtrlC(args.initial_epoch)
     history = model.fit(
         train_batches,
         validation_data=validation_batches,
         epochs=args.epochs,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir)],
+        initial_epoch=args.initial_epoch,
+        shuffle=False,  # training_batches shuffles every epoch itself
+        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), stop_on_ctrl_c],
         verbose=2,
     )
+    if stop_on_ctrl_c.interrupted:
+        # Keep what has been learnt so far, under a name that says so.
+        image_folders.save_interrupted_run(
+            model, args.model_file, stop_on_ctrl_c.completed_epochs, args.epochs)
 
-    weights_file = os.path.splitext(args.model_file)[0] + ".weights.h5"
-    model.save(args.model_file)
-    model.save_weights(weights_file)
+    weights_file = image_folders.save_model(model, args.model_file)
     print(f"Saved {args.model_file} and {weights_file}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
@@ -138,5 +159,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except image_folders.DataError as error:
+    except (image_folders.DataError, OSError) as error:
         sys.exit(f"FirstModel.py: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("FirstModel.py: interrupted; nothing saved")

@@ -18,8 +18,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 
-import h5py
 import keras
+import numpy as np
 from keras import layers
 
 import image_folders
@@ -89,27 +89,6 @@ def compile_model(model):
     )
 
 
-def load_for_resuming(model_file, image_size, num_classes):
-    """The saved model with its Adadelta state, so that training goes on where it stopped.
-
-    keras.models.load_model restores an .h5 model's weights, but not the optimizer's
-    accumulators of a Sequential model, so they are read back from the file here.
-    """
-    model = keras.models.load_model(model_file, compile=False)
-    expected_shape = (None, image_size, image_size, 3)
-    if model.input_shape != expected_shape or model.output_shape != (None, num_classes):
-        raise image_folders.DataError(
-            f"cannot resume '{model_file}': it takes {model.input_shape} and gives "
-            f"{model.output_shape}, but the data needs {expected_shape} and {num_classes} classes")
-    compile_model(model)
-    with h5py.File(model_file, "r") as saved:
-        if "optimizer_weights" in saved:
-            state = saved["optimizer_weights"]
-            model.optimizer.build(model.trainable_variables)
-            model.optimizer.set_weights([state[name][()] for name in state.attrs["weight_names"]])
-    return model
-
-
 def main():
     args = parse_args()
 
@@ -117,35 +96,29 @@ def main():
     class_names, train_counts, validation_counts = image_folders.check_image_folders(
         args.train_dir, args.validation_dir)
     image_folders.check_output_folder(args.model_file)
-    if args.epochs <= args.initial_epoch:
-        raise image_folders.DataError(
-            f"--epochs {args.epochs} must be above --initial-epoch {args.initial_epoch}: "
-            "--epochs is the epoch to stop after, not the number of epochs to add")
-    if args.initial_epoch > 0 and not os.path.isfile(args.model_file):
-        raise image_folders.DataError(
-            f"cannot resume: model file '{args.model_file}' does not exist; "
-            "train from the start (--initial-epoch 0) or name the saved model with --model-file")
+    image_folders.check_training_settings(args.epochs, args.batch_size, args.image_size)
+    image_folders.check_resume(args.model_file, args.initial_epoch, args.epochs)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
     keras.utils.set_random_seed(args.seed + args.initial_epoch)
 
-    # Small classes weigh more: weight = largest class count / class count.
-    largest_count = max(train_counts.values())
-    class_weights = {index: largest_count / train_counts[name]
-                     for index, name in enumerate(class_names)}
-    print("Class weights: " + ", ".join(
-        f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))
-
     # Read every image once, at the size the network takes. No augmentation here;
     # validation comes in a fixed order so that val_loss compares epoch to epoch.
     started = time.perf_counter()
     train_images, train_labels, _ = image_folders.load_images(
-        args.train_dir, class_names, args.image_size)
+        args.train_dir, class_names, args.image_size, "training")
     validation_images, validation_labels, _ = image_folders.load_images(
-        args.validation_dir, class_names, args.image_size)
+        args.validation_dir, class_names, args.image_size, "validation")
     print(f"Read {len(train_images) + len(validation_images)} images "
           f"in {time.perf_counter() - started:.1f} s")
+
+    # Small classes weigh more: weight = largest class count / class count, counting
+    # the images that could be read.
+    class_counts = np.bincount(train_labels, minlength=len(class_names))
+    class_weights = {index: class_counts.max() / count for index, count in enumerate(class_counts)}
+    print("Class weights: " + ", ".join(
+        f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))
     train_batches = image_folders.training_batches(
         train_images, train_labels, len(class_names), args.batch_size,
         args.seed + args.initial_epoch)
@@ -153,7 +126,9 @@ def main():
         validation_images, validation_labels, len(class_names), args.batch_size)
 
     if args.initial_epoch > 0:
-        model = load_for_resuming(args.model_file, args.image_size, len(class_names))
+        model = image_folders.load_model_to_resume(args.model_file, args.image_size, len(class_names))
+        compile_model(model)
+        image_folders.restore_optimizer_state(model, args.model_file)
         print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
     else:
         model = build_model(args.image_size, len(class_names))
@@ -163,19 +138,23 @@ def main():
     # One TensorBoard folder per run, so that runs can be told apart.
     run_dir = os.path.join(args.log_dir, time.strftime("SecondModel-%Y%m%d-%H%M%S"))
     print(f"TensorBoard run: {run_dir}")
+    stop_on_ctrl_c = image_folders.StopOnCtrlC(args.initial_epoch)
     history = model.fit(
         train_batches,
         validation_data=validation_batches,
         epochs=args.epochs,
         initial_epoch=args.initial_epoch,
         class_weight=class_weights,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir)],
+        shuffle=False,  # training_batches shuffles every epoch itself
+        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), stop_on_ctrl_c],
         verbose=2,
     )
+    if stop_on_ctrl_c.interrupted:
+        # Keep what has been learnt so far, under a name that says so.
+        image_folders.save_interrupted_run(
+            model, args.model_file, stop_on_ctrl_c.completed_epochs, args.epochs)
 
-    weights_file = os.path.splitext(args.model_file)[0] + ".weights.h5"
-    model.save(args.model_file)
-    model.save_weights(weights_file)
+    weights_file = image_folders.save_model(model, args.model_file)
     print(f"Saved {args.model_file} and {weights_file}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
@@ -185,5 +164,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except image_folders.DataError as error:
+    except (image_folders.DataError, OSError) as error:
         sys.exit(f"SecondModel.py: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("SecondModel.py: interrupted; nothing saved")

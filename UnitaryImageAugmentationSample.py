@@ -43,9 +43,11 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.count < 0:
+        raise image_folders.DataError(f"--count {args.count} must be 0 or more")
     if not os.path.isfile(args.image):
         raise image_folders.DataError(f"image '{args.image}' does not exist: name an image with --image")
-    image = img_to_array(image_folders.open_rgb(args.image))
+    image = img_to_array(image_folders.read_rgb(args.image))
     os.makedirs(args.output_dir, exist_ok=True)
 
     augmentation = ImageDataGenerator(
@@ -66,5 +68,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except image_folders.DataError as error:
+    except (image_folders.DataError, OSError) as error:
         sys.exit(f"UnitaryImageAugmentationSample.py: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("UnitaryImageAugmentationSample.py: interrupted; the copies written so far are complete")

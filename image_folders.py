@@ -15,18 +15,34 @@ arrays inside tf.data, with the transforms of Keras' ImageDataGenerator.
 
 import concurrent.futures
 import itertools
+import logging
 import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import warnings
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-# The extensions flow_from_directory reads, in any letter case.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+# The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
+
+# Photos up to Pillow's hard limit (about 179 megapixels) load without a warning;
+# larger ones raise DecompressionBombError and are skipped like unreadable files.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+# Keras 3 calls .h5 files legacy at every save; the scripts save .h5 on purpose, as in 2018.
+logging.getLogger("absl").addFilter(lambda record: "considered legacy" not in record.getMessage())
+
+
+# Training images are shuffled, augmented and rescaled this many at a time, then batched.
+AUGMENTATION_CHUNK = 64
 
 
 class DataError(Exception):
@@ -98,17 +114,77 @@ def check_image_folders(train_dir, validation_dir):
 
 
 def check_output_folder(path):
-    """Fail now, not after an hour of training, when path's folder does not exist."""
+    """Fail now, not after an hour of training, when a model cannot be saved as path."""
     folder = os.path.dirname(os.path.abspath(path))
+    if not path.endswith(".h5") or path.endswith(".weights.h5"):
+        raise DataError(f"cannot save a model as '{path}': --model-file must end in .h5 "
+                        "(and not .weights.h5, the name of the weights saved beside it)")
     if not os.path.isdir(folder):
         raise DataError(f"cannot write '{path}': folder '{folder}' does not exist; "
                         "create it or choose another --model-file")
+    if os.path.isdir(path):
+        raise DataError(f"cannot write '{path}': it is a folder; choose another --model-file")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"cannot write '{path}': no permission to write in '{folder}'; "
+                        "choose another --model-file")
 
 
-def open_rgb(path):
-    """The image at path as an upright RGB Pillow image."""
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+def check_training_settings(epochs, batch_size, image_size):
+    """Numbers that would fail only once training starts, or after it."""
+    if epochs < 1 or batch_size < 1:
+        raise DataError(f"--epochs {epochs} and --batch-size {batch_size} must both be 1 or more")
+    # Three 3x3 convolutions, each followed by 2x2 pooling, need 22 pixels or more.
+    if image_size < 22:
+        raise DataError(f"--image-size {image_size} is too small: the network needs 22 pixels or more")
+
+
+def check_resume(model_file, initial_epoch, epochs):
+    """Check a request to resume a saved model after initial_epoch, up to epochs."""
+    if epochs <= initial_epoch:
+        raise DataError(f"--epochs {epochs} must be above --initial-epoch {initial_epoch}: "
+                        "--epochs is the epoch to stop after, not the number of epochs to add")
+    if initial_epoch > 0 and not os.path.isfile(model_file):
+        raise DataError(f"cannot resume: model file '{model_file}' does not exist; "
+                        "train from the start (--initial-epoch 0) or name the saved model "
+                        "with --model-file")
+
+
+def to_rgb(image):
+    """Any Pillow image as 8-bit RGB: 16-bit and float pixels scaled, transparency on white."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64)
+        full_scale = 65535 if image.mode.startswith("I;16") or pixels.max() > 255 else 255
+        image = Image.fromarray(np.clip(pixels * (255 / full_scale), 0, 255).astype(np.uint8))
+    if "A" in image.getbands() or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    return image.convert("RGB")
+
+
+def read_rgb(path):
+    """The image at path as an upright RGB Pillow image; a DataError names the file if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return to_rgb(ImageOps.exif_transpose(image))
+    except Exception as error:  # Pillow raises many kinds on a damaged or foreign file
+        raise DataError(f"cannot read image '{path}': {why_unreadable(path, error)}") from None
+
+
+def why_unreadable(path, error):
+    """A short reason, for a warning line, why the image at path could not be read."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "the file is empty"
+    if not os.path.exists(path):
+        return "no such file"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image that Pillow can read"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"more pixels than Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS} against decompression bombs"
+    return str(error) or type(error).__name__
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _publish(write, folder, names):
@@ -159,17 +235,19 @@ def load_image(path, image_size):
     """
     with Image.open(path) as image:
         image.draft("RGB", (image_size, image_size))
-        upright = ImageOps.exif_transpose(image).convert("RGB")
+        upright = to_rgb(ImageOps.exif_transpose(image))
     square = upright.resize((image_size, image_size), Image.Resampling.LANCZOS)
     return np.asarray(square, dtype=np.uint8)
 
 
-def load_images(data_dir, class_names, image_size):
+def load_images(data_dir, class_names, image_size, role):
     """Every image of data_dir's class folders, read once and in parallel.
 
     Returns (images, labels, paths): an (N, image_size, image_size, 3) uint8
     array, the class index of each image, and the file each came from, in class
-    order and then file name order, as flow_from_directory lists them.
+    order and then file name order, as flow_from_directory lists them. A file
+    that cannot be read is skipped with a warning; a class left without images
+    is a DataError. role ("training", ...) is for messages.
     """
     paths, labels = [], []
     for index, class_name in enumerate(class_names):
@@ -180,12 +258,29 @@ def load_images(data_dir, class_names, image_size):
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
 
     def load_into(position):
-        images[position] = load_image(paths[position], image_size)
+        try:
+            images[position] = load_image(paths[position], image_size)
+            return None
+        except Exception as error:  # any file that does not decode is skipped, whatever the reason
+            return why_unreadable(paths[position], error)
 
     # Pillow decodes and resizes outside Python's global lock, so threads use every core.
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
-        list(pool.map(load_into, range(len(paths))))
-    return images, np.array(labels), paths
+        problems = list(pool.map(load_into, range(len(paths))))
+    for path, problem in zip(paths, problems):
+        if problem:
+            warn(f"skipped '{path}': {problem}")
+    readable = np.array([problem is None for problem in problems], dtype=bool)
+    if not readable.all():
+        warn(f"skipped {np.sum(~readable)} of {len(paths)} {role} images that could not be read")
+    labels = np.array(labels, dtype=np.int64)[readable]
+    for index, class_name in enumerate(class_names):
+        if not np.any(labels == index):
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, class_name)}' has no "
+                            "readable images: replace the files warned about above")
+    if not readable.all():
+        images = images[readable]
+    return images, labels, [path for path, ok in zip(paths, readable) if ok]
 
 
 def _rescaled(images, labels, num_classes):
@@ -193,9 +288,19 @@ def _rescaled(images, labels, num_classes):
     return tf.cast(images, tf.float32) / 255.0, tf.one_hot(labels, num_classes)
 
 
+def _batches_of(images, labels, indices):
+    """Batches of images and labels picked by a dataset of index batches.
+
+    The images stay in one TensorFlow tensor, and only indices are shuffled, so that
+    the images are held once more in memory, not twice (a shuffle buffer holds copies).
+    """
+    images, labels = tf.constant(images), tf.constant(labels)
+    return indices.map(lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
+
+
 def validation_batches(images, labels, num_classes, batch_size):
     """Batches in a fixed order, so that every epoch's val_loss is measured on the same images."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    dataset = _batches_of(images, labels, tf.data.Dataset.range(len(images)).batch(batch_size))
     return dataset.map(lambda x, y: _rescaled(x, y, num_classes)).prefetch(tf.data.AUTOTUNE)
 
 
@@ -203,19 +308,23 @@ def training_batches(images, labels, num_classes, batch_size, seed, augmentation
     """Shuffled batches, every image once per epoch, augmented with augmentation's settings.
 
     augmentation is a Keras ImageDataGenerator (or None for no augmentation); its
-    random transforms are applied to the in-memory images by augment() below.
+    random transforms are applied to the in-memory images by augment() below, a
+    chunk of images at a time, which costs much less per image than one by one.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    order = tf.data.Dataset.range(len(images))
+    order = order.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    chunks = _batches_of(images, labels, order.batch(AUGMENTATION_CHUNK))
     if augmentation is not None:
         check_augmentation(augmentation)
-        # One random seed per batch makes the transforms repeatable with --seed.
+        # One random seed per chunk makes the transforms repeatable with --seed.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, batch_seed: (augment(batch[0], augmentation, batch_seed), batch[1]),
+        chunks = tf.data.Dataset.zip(chunks, seeds).map(
+            lambda chunk, chunk_seed: (augment(chunk[0], augmentation, chunk_seed), chunk[1]),
             num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(lambda x, y: _rescaled(x, y, num_classes))
+    chunks = chunks.map(lambda x, y: _rescaled(x, y, num_classes))
+    dataset = chunks.unbatch().batch(batch_size)
+    # unbatch() forgets how many batches there are; Keras needs it to end epochs quietly.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(len(images) / batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -301,3 +410,94 @@ def augment(images, augmentation, seed):
         brightness = uniform(*augmentation.brightness_range)
         transformed = tf.clip_by_value(transformed * brightness[:, None, None, None], 0, 255)
     return transformed
+
+
+def save_model(model, model_file):
+    """Save model as model_file and its weights beside it as <name>.weights.h5.
+
+    Each file is written under a hidden temporary name in the same folder, then
+    renamed over the old one: a crash or Ctrl-C while saving leaves the previous
+    files whole, never a truncated one. Returns the weights file's path.
+    """
+    weights_file = os.path.splitext(model_file)[0] + ".weights.h5"
+    for path, save, suffix in ((model_file, model.save, ".h5"),
+                               (weights_file, model.save_weights, ".weights.h5")):
+        folder, name = os.path.split(os.path.abspath(path))
+        descriptor, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.partial-", suffix=suffix)
+        os.close(descriptor)
+        try:
+            save(temp_path)
+            os.replace(temp_path, path)
+        finally:
+            if os.path.exists(temp_path):
+                os.unlink(temp_path)
+    return weights_file
+
+
+def load_model_to_resume(model_file, image_size, num_classes):
+    """The model saved in model_file, not compiled, checked against the data's shapes."""
+    try:
+        model = keras.models.load_model(model_file, compile=False)
+    except Exception as error:  # h5py and Keras raise many kinds on a file that is not a model
+        raise DataError(f"cannot resume: '{model_file}' is not a Keras model saved by these "
+                        f"scripts ({type(error).__name__}: {error})") from None
+    expected_shape = (None, image_size, image_size, 3)
+    if model.input_shape != expected_shape or model.output_shape != (None, num_classes):
+        raise DataError(f"cannot resume '{model_file}': it takes {model.input_shape} and gives "
+                        f"{model.output_shape}, but the data needs {expected_shape} and "
+                        f"{num_classes} classes")
+    return model
+
+
+def restore_optimizer_state(model, model_file):
+    """Read the optimizer's accumulators back from model_file into model's compiled optimizer.
+
+    keras.models.load_model restores an .h5 model's weights, but not the optimizer
+    state of a Sequential model, without which a resumed run would not go on where
+    the saved one stopped.
+    """
+    with h5py.File(model_file, "r") as saved:
+        if "optimizer_weights" in saved:
+            state = saved["optimizer_weights"]
+            model.optimizer.build(model.trainable_variables)
+            model.optimizer.set_weights([state[name][()] for name in state.attrs["weight_names"]])
+
+
+class StopOnCtrlC(keras.callbacks.Callback):
+    """Turn Ctrl-C during fit into a clean stop after the current batch.
+
+    A KeyboardInterrupt raised at any point inside TensorFlow can be lost or leave
+    it half-way through a step; instead the first Ctrl-C asks fit to stop, which it
+    checks after every batch. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self, initial_epoch):
+        super().__init__()
+        self.completed_epochs = initial_epoch
+        self.interrupted = False
+
+    def on_train_begin(self, logs=None):
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def request_stop(self, signal_number, frame):
+        self.interrupted = True
+        self.model.stop_training = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nStopping after this batch; Ctrl-C again quits without saving.", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.interrupted:
+            self.completed_epochs = epoch + 1
+
+    def on_train_end(self, logs=None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def save_interrupted_run(model, model_file, completed_epochs, epochs):
+    """After Ctrl-C: save the model so far as <name>.partial.h5 and exit, saying how to go on."""
+    partial_file = os.path.splitext(model_file)[0] + ".partial.h5"
+    save_model(model, partial_file)
+    script = os.path.basename(sys.argv[0])
+    sys.exit(f"Interrupted after epoch {completed_epochs}; saved the model so far as "
+             f"{partial_file}. To go on: python {script} --model-file {partial_file} "
+             f"--initial-epoch {completed_epochs} --epochs {epochs}")

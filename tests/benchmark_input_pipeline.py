@@ -102,9 +102,9 @@ def measure(pipeline, data_dir, batch_size, epochs):
         image_count = train.samples
     else:
         started = time.perf_counter()
-        train_images, train_labels, _ = image_folders.load_images(train_dir, names, size)
+        train_images, train_labels, _ = image_folders.load_images(train_dir, names, size, "training")
         validation_images, validation_labels, _ = image_folders.load_images(
-            validation_dir, names, size)
+            validation_dir, names, size, "validation")
         read_seconds = time.perf_counter() - started
         image_count = len(train_images)
         if pipeline == "in-memory":

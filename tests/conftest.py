@@ -37,6 +37,16 @@ def own_stderr_lines(result):
             if line.strip() and not any(noise in line for noise in TENSORFLOW_STARTUP_NOISE)]
 
 
+def assert_one_line_error(result, *expected_parts):
+    """The script failed with one line on stderr, holding every expected part, and no traceback."""
+    assert result.returncode != 0
+    lines = own_stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for part in expected_parts:
+        assert part in lines[0]
+
+
 def logged_scalars(event_dir):
     """{tag: {step: value}} of the scalars in a TensorBoard event folder."""
     events = EventAccumulator(str(event_dir), size_guidance={"tensors": 0})

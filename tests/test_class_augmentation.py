@@ -4,7 +4,7 @@ import hashlib
 
 from PIL import Image
 
-from conftest import make_images, run_script
+from conftest import make_images, own_stderr_lines, run_script
 
 
 def snapshot(folder):
@@ -66,3 +66,18 @@ def test_balanced_output_trains_without_moving_files(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Training images per class: {'apple': 6, 'berry': 6}" in result.stdout
     assert "Class weights: apple 1.000, berry 1.000" in result.stdout
+
+
+def test_unreadable_originals_are_skipped_with_a_warning(tmp_path):
+    train_dir = make_images(tmp_path / "train", {"apple": 2, "berry": 2})
+    validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 1})
+    (train_dir / "berry" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
+
+    result = balance(tmp_path, train_dir, validation_dir)
+    assert result.returncode == 0, result.stderr
+    assert own_stderr_lines(result) == [
+        f"warning: cannot read image '{train_dir / 'berry' / 'broken.jpg'}': "
+        "not an image that Pillow can read; skipped"]
+    berries = sorted(path.name for path in (tmp_path / "generated" / "train" / "berry").iterdir())
+    assert len(berries) == 6 and "broken.jpg" not in berries
+    assert (train_dir / "berry" / "broken.jpg").read_bytes() == b"\xff\xd8\xff not really a JPEG"

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from conftest import logged_scalars, run_script
+from conftest import logged_scalars, own_stderr_lines, run_script
 
 FINAL_LINE = re.compile(
     r"^loss: (\d+\.\d+) - accuracy: (\d+\.\d+) - val_loss: (\d+\.\d+) - val_accuracy: (\d+\.\d+)$")
@@ -29,6 +29,8 @@ def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
         "--epochs", 3, "--batch-size", 2, "--image-size", 32, "--log-dir", tmp_path / "logs",
         "--model-file", tmp_path / "models" / "first.h5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # Nothing on stderr but TensorFlow's start-up lines: no warnings for the user to puzzle over.
+    assert own_stderr_lines(result) == []
 
     # Every training image once per epoch: 12 images at batch size 2 are 6 steps.
     assert "6/6" in result.stdout

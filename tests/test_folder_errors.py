@@ -1,8 +1,8 @@
-"""Missing or empty data folders: one line naming the folder, non-zero exit, no traceback."""
+"""Folders and settings that cannot be trained on: one line saying what to do, before any work."""
 
 import pytest
 
-from conftest import make_images, own_stderr_lines, run_script
+from conftest import assert_one_line_error, make_images, run_script
 
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "ClassImageAugmentationSample.py"]
 
@@ -10,15 +10,6 @@ SCRIPTS = ["FirstModel.py", "SecondModel.py", "ClassImageAugmentationSample.py"]
 def run_on(script, tmp_path, train_dir, validation_dir):
     return run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
                       cwd=tmp_path)
-
-
-def assert_one_line_error(result, *expected_parts):
-    assert result.returncode != 0
-    lines = own_stderr_lines(result)
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for part in expected_parts:
-        assert part in lines[0]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -55,3 +46,53 @@ def test_model_file_in_missing_folder_fails_before_training(script, small_datase
                         "--model-file", model_file, "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, f"folder '{model_file.parent}' does not exist")
     assert "Epoch 1/" not in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_different_classes_in_training_and_validation(script, tmp_path):
+    train_dir = make_images(tmp_path / "train", {"cat": 1, "dog": 1})
+    validation_dir = make_images(tmp_path / "validation", {"cat": 1, "fox": 1})
+    result = run_on(script, tmp_path, train_dir, validation_dir)
+    assert_one_line_error(result, "['cat', 'dog']", "['cat', 'fox']", "same class sub-folders")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_single_class_is_not_a_classifier(script, tmp_path):
+    train_dir = make_images(tmp_path / "train", {"cat": 2})
+    validation_dir = make_images(tmp_path / "validation", {"cat": 1})
+    result = run_on(script, tmp_path, train_dir, validation_dir)
+    assert_one_line_error(result, "single class 'cat'", "at least two")
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--model-file", "model.keras"], "must end in .h5"),
+    (["--model-file", "."], "must end in .h5"),
+    (["--batch-size", "0"], "must both be 1 or more"),
+    (["--epochs", "-1"], "must both be 1 or more"),
+    (["--image-size", "8"], "needs 22 pixels or more"),
+])
+@pytest.mark.parametrize("script", ["FirstModel.py", "SecondModel.py"])
+def test_settings_that_cannot_work_fail_before_training(script, arguments, expected, small_dataset,
+                                                        tmp_path):
+    train_dir, validation_dir = small_dataset
+    result = run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--log-dir", tmp_path / "logs", *arguments, cwd=tmp_path)
+    assert_one_line_error(result, expected)
+    assert "Epoch 1/" not in result.stdout
+
+
+def test_model_file_that_is_a_folder(small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    (tmp_path / "model.h5").mkdir()
+    result = run_script("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--model-file", tmp_path / "model.h5", cwd=tmp_path)
+    assert_one_line_error(result, "it is a folder")
+
+
+def test_output_folder_that_is_a_file(small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    (tmp_path / "generated").write_text("a file, not a folder")
+    result = run_script("ClassImageAugmentationSample.py", "--train-dir", train_dir,
+                        "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
+                        cwd=tmp_path)
+    assert_one_line_error(result, str(tmp_path / "generated"))

@@ -16,7 +16,7 @@ def test_same_classes_labels_and_files_as_flow_from_directory(tmp_path):
     (tmp_path / "nested" / "2019").rename(data_dir / "ant" / "2019")
 
     names = image_folders.class_names(data_dir, "training")
-    images, labels, paths = image_folders.load_images(data_dir, names, 32)
+    images, labels, paths = image_folders.load_images(data_dir, names, 32, "training")
 
     flow = ImageDataGenerator().flow_from_directory(data_dir, target_size=(32, 32), shuffle=False)
     assert names == sorted(flow.class_indices, key=flow.class_indices.get)
@@ -122,6 +122,8 @@ def test_every_training_image_once_per_epoch_and_repeatable():
         batches = image_folders.training_batches(images, labels, 2, batch_size=3, seed=seed)
         return [np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in batches]) for _ in range(2)]
 
+    # Keras reads the number of batches from the dataset to end each epoch.
+    assert image_folders.training_batches(images, labels, 2, 3, seed=7).cardinality() == 4
     first, second = epochs(seed=7)
     for epoch in (first, second):
         assert sorted(np.round(epoch * 255).astype(int)) == list(range(10))

@@ -24,6 +24,7 @@ def optimizer_iterations(model_file):
 def test_class_weights_training_and_resume(small_dataset, tmp_path):
     first = train_second_model(small_dataset, tmp_path, "--epochs", 1)
     assert first.returncode == 0, first.stderr
+    assert own_stderr_lines(first) == []  # only TensorFlow's start-up lines
     # 8 apples and 4 berries: weight = largest class count / class count.
     assert "Class weights: apple 1.000, berry 2.000" in first.stdout
     assert FINAL_LINE.match(first.stdout.strip().splitlines()[-1])
@@ -34,6 +35,7 @@ def test_class_weights_training_and_resume(small_dataset, tmp_path):
 
     resumed = train_second_model(small_dataset, tmp_path, "--initial-epoch", 1, "--epochs", 3)
     assert resumed.returncode == 0, resumed.stderr
+    assert own_stderr_lines(resumed) == []
     assert "Resuming" in resumed.stdout
     assert "Epoch 1/3" not in resumed.stdout
     assert "Epoch 2/3" in resumed.stdout and "Epoch 3/3" in resumed.stdout

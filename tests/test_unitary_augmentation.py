@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from conftest import make_images, own_stderr_lines, run_script
+from conftest import assert_one_line_error, make_images, own_stderr_lines, run_script
 
 
 def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
@@ -42,3 +42,11 @@ def test_missing_image_is_one_clear_line(tmp_path):
     assert own_stderr_lines(result) == [
         f"UnitaryImageAugmentationSample.py: error: image '{tmp_path / 'nope.png'}' does not exist: "
         "name an image with --image"]
+
+
+def test_corrupt_image_is_one_clear_line(tmp_path):
+    (tmp_path / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
+    result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "half.png",
+                        "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert_one_line_error(result, f"cannot read image '{tmp_path / 'half.png'}'")
+    assert not (tmp_path / "out").exists()
