@@ -93,6 +93,7 @@ def main():
     class_names, train_counts, validation_counts = image_folders.check_image_folders(
         args.train_dir, args.validation_dir)
     image_folders.check_output_folder(args.model_file)
+    image_folders.check_log_folder(args.log_dir)
     image_folders.check_training_settings(args.epochs, args.batch_size, args.image_size)
     image_folders.check_resume(args.model_file, args.initial_epoch, args.epochs)
     print(f"Classes: {', '.join(class_names)}")

@@ -1,4 +1,7 @@
-"""Reading, checking and batching the image folders that every script in this collection uses.
+"""The plumbing the scripts of this collection share: image folders in, models out.
+
+Checking and reading image folders, batching and augmenting the images in memory,
+and writing images and models without ever overwriting or truncating a file.
 
 A data set is a folder with one sub-folder of images per class:
 
@@ -10,7 +13,9 @@ flow_from_directory gives them; class index i is the i-th name.
 
 The model scripts read every image once per run, in parallel, at the size the
 network takes, and keep them in memory as uint8; augmentation then runs on those
-arrays inside tf.data, with the transforms of Keras' ImageDataGenerator.
+arrays inside tf.data, with the transforms of Keras' ImageDataGenerator. A file
+that does not decode is skipped with a warning; every problem a user can fix is a
+DataError, which the scripts print as one line.
 """
 
 import concurrent.futures
@@ -70,6 +75,9 @@ def list_images(folder):
 
 def class_names(data_dir, role):
     """Sorted class sub-folder names of data_dir; role ("training", ...) is for messages."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"{role} folder '{data_dir}' is a file, not a folder: "
+                        "name a folder with one sub-folder of images per class")
     if not os.path.isdir(data_dir):
         raise DataError(f"{role} folder '{data_dir}' does not exist: "
                         "create it with one sub-folder of images per class")
@@ -127,6 +135,12 @@ def check_output_folder(path):
     if not os.access(folder, os.W_OK):
         raise DataError(f"cannot write '{path}': no permission to write in '{folder}'; "
                         "choose another --model-file")
+
+
+def check_log_folder(log_dir):
+    """TensorBoard fails only once training starts when its folder cannot be made."""
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise DataError(f"--log-dir '{log_dir}' is a file, not a folder: choose another --log-dir")
 
 
 def check_training_settings(epochs, batch_size, image_size):

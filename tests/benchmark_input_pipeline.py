@@ -1,6 +1,6 @@
 """How fast FirstModel's input pipeline feeds the network: not a test, a measurement.
 
-    python tests/benchmark_input_pipeline.py            # about 20 minutes on 2 cores
+    python tests/benchmark_input_pipeline.py            # about 25 minutes on 2 cores
 
 It makes two copies of the bundled sample set (428 images): one upscaled to
 4032x3024 JPEGs, like 12-megapixel phone photos, and one at 300x200. On each,
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 PHOTO_SIZES = {"12 MP": (4032, 3024), "300x200": (300, 200)}
 BATCH_SIZES = (1, 16)
 PIPELINES = ("in-memory", "2018-style", "floor")
-EPOCHS = 4  # the first, then three later epochs for the median
+EPOCHS = 3  # the first, then two later epochs for the median
 
 
 def make_photos(target_dir, size):

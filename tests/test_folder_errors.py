@@ -96,3 +96,20 @@ def test_output_folder_that_is_a_file(small_dataset, tmp_path):
                         "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
                         cwd=tmp_path)
     assert_one_line_error(result, str(tmp_path / "generated"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_training_folder_that_is_a_file(script, tmp_path):
+    (tmp_path / "train.zip").write_bytes(b"PK")
+    validation_dir = make_images(tmp_path / "validation", {"a": 1, "b": 1})
+    result = run_on(script, tmp_path, tmp_path / "train.zip", validation_dir)
+    assert_one_line_error(result, f"'{tmp_path / 'train.zip'}' is a file, not a folder")
+
+
+def test_log_folder_that_is_a_file(small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    (tmp_path / "logs").write_text("not a folder")
+    result = run_script("SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--log-dir", tmp_path / "logs", cwd=tmp_path)
+    assert_one_line_error(result, "is a file, not a folder")
+    assert "Epoch 1/" not in result.stdout
