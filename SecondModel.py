@@ -93,12 +93,7 @@ def main():
     args = parse_args()
 
     # Check the folders and the resume request before anything slow starts.
-    class_names, train_counts, validation_counts = image_folders.check_image_folders(
-        args.train_dir, args.validation_dir)
-    image_folders.check_output_folder(args.model_file)
-    image_folders.check_log_folder(args.log_dir)
-    image_folders.check_training_settings(args.epochs, args.batch_size, args.image_size)
-    image_folders.check_resume(args.model_file, args.initial_epoch, args.epochs)
+    class_names, train_counts, validation_counts = image_folders.check_model_run(args)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
@@ -106,13 +101,9 @@ def main():
 
     # Read every image once, at the size the network takes. No augmentation here;
     # validation comes in a fixed order so that val_loss compares epoch to epoch.
-    started = time.perf_counter()
-    train_images, train_labels, _ = image_folders.load_images(
-        args.train_dir, class_names, args.image_size, "training")
-    validation_images, validation_labels, _ = image_folders.load_images(
-        args.validation_dir, class_names, args.image_size, "validation")
-    print(f"Read {len(train_images) + len(validation_images)} images "
-          f"in {time.perf_counter() - started:.1f} s")
+    train_images, train_labels, validation_images, validation_labels = (
+        image_folders.load_training_and_validation(
+            args.train_dir, args.validation_dir, class_names, args.image_size))
 
     # Small classes weigh more: weight = largest class count / class count, counting
     # the images that could be read.

@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import warnings
 
 import h5py
@@ -163,6 +164,19 @@ def check_resume(model_file, initial_epoch, epochs):
                         "with --model-file")
 
 
+def check_model_run(args):
+    """Every check of a model script's flags and folders, made before anything slow starts.
+
+    args are the parsed flags the model scripts share; returns check_image_folders' result.
+    """
+    folders = check_image_folders(args.train_dir, args.validation_dir)
+    check_output_folder(args.model_file)
+    check_log_folder(args.log_dir)
+    check_training_settings(args.epochs, args.batch_size, args.image_size)
+    check_resume(args.model_file, args.initial_epoch, args.epochs)
+    return folders
+
+
 def to_rgb(image):
     """Any Pillow image as 8-bit RGB: 16-bit and float pixels scaled, transparency on white."""
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -295,6 +309,17 @@ def load_images(data_dir, class_names, image_size, role):
     if not readable.all():
         images = images[readable]
     return images, labels, [path for path, ok in zip(paths, readable) if ok]
+
+
+def load_training_and_validation(train_dir, validation_dir, class_names, image_size):
+    """load_images of both folders, saying how long it took: (train images, labels, validation ...)."""
+    started = time.perf_counter()
+    train_images, train_labels, _ = load_images(train_dir, class_names, image_size, "training")
+    validation_images, validation_labels, _ = load_images(
+        validation_dir, class_names, image_size, "validation")
+    print(f"Read {len(train_images) + len(validation_images)} images "
+          f"in {time.perf_counter() - started:.1f} s")
+    return train_images, train_labels, validation_images, validation_labels
 
 
 def _rescaled(images, labels, num_classes):
