@@ -102,9 +102,9 @@ def measure(pipeline, data_dir, batch_size, epochs):
         image_count = train.samples
     else:
         started = time.perf_counter()
-        train_images, train_labels, _ = image_folders.load_images(train_dir, names, size, "training")
-        validation_images, validation_labels, _ = image_folders.load_images(
-            validation_dir, names, size, "validation")
+        # The scripts' own read; its "Read N images" line goes before the figures' JSON line.
+        train_images, train_labels, validation_images, validation_labels = (
+            image_folders.load_training_and_validation(train_dir, validation_dir, names, size))
         read_seconds = time.perf_counter() - started
         image_count = len(train_images)
         if pipeline == "in-memory":
@@ -116,8 +116,8 @@ def measure(pipeline, data_dir, batch_size, epochs):
         else:
             def tensors(images, labels):
                 return images.astype(np.float32) / 255, np.eye(len(names))[labels]
-            fit_arguments = dict(x=tensors(train_images, train_labels)[0],
-                                 y=tensors(train_images, train_labels)[1],
+            train_x, train_y = tensors(train_images, train_labels)
+            fit_arguments = dict(x=train_x, y=train_y,
                                  validation_data=tensors(validation_images, validation_labels),
                                  batch_size=batch_size)
 
