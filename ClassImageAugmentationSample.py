@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ star
 
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
 
-import image_folders
+import image_tools
 
 TRAIN_DIR = "data/train"
 VALIDATION_DIR = "data/validation"
@@ -57,21 +57,21 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         os.makedirs(class_output, exist_ok=True)
         # Only images that can be read are copied and augmented; the others are reported.
         originals = []
-        for name in image_folders.list_images(class_source):
+        for name in image_tools.list_images(class_source):
             try:
-                image_folders.read_rgb(os.path.join(class_source, name))
+                image_tools.read_rgb(os.path.join(class_source, name))
                 originals.append(name)
-            except image_folders.DataError as error:
-                image_folders.warn(f"{error}; skipped")
+            except image_tools.DataError as error:
+                image_tools.warn(f"{error}; skipped")
         if not originals:
-            raise image_folders.DataError(f"class folder '{class_source}' has no readable images: "
+            raise image_tools.DataError(f"class folder '{class_source}' has no readable images: "
                                           "replace the files warned about above")
         for name in originals:
             # An image in a sub-folder, say 2019/a.jpg, is copied as 2019_a.jpg.
-            image_folders.copy_if_absent(os.path.join(class_source, name), class_output,
+            image_tools.copy_if_absent(os.path.join(class_source, name), class_output,
                                          name.replace(os.sep, "_"))
 
-        count = len(image_folders.list_images(class_output))
+        count = len(image_tools.list_images(class_output))
         if count >= target:
             print(f"{class_output}: {count} images, at or above the target of {target}; left alone")
             continue
@@ -79,18 +79,18 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         for number in range(target - count):
             # Take the originals in turn, so that each one is augmented about as often.
             original = originals[number % len(originals)]
-            image = img_to_array(image_folders.read_rgb(os.path.join(class_source, original)))
+            image = img_to_array(image_tools.read_rgb(os.path.join(class_source, original)))
             copy = array_to_img(augmentation.random_transform(image))
-            image_folders.save_new_jpeg(copy, class_output, PREFIX)
-        print(f"{class_output}: {len(image_folders.list_images(class_output))} images")
+            image_tools.save_new_jpeg(copy, class_output, PREFIX)
+        print(f"{class_output}: {len(image_tools.list_images(class_output))} images")
 
 
 def main():
     args = parse_args()
     # Check both folders before writing anything.
     if args.train_target < 0 or args.validation_target < 0:
-        raise image_folders.DataError("--train-target and --validation-target must be 0 or more")
-    class_names, _, _ = image_folders.check_image_folders(args.train_dir, args.validation_dir)
+        raise image_tools.DataError("--train-target and --validation-target must be 0 or more")
+    class_names, _, _ = image_tools.check_image_folders(args.train_dir, args.validation_dir)
     augmentation = ImageDataGenerator(
         rotation_range=ROTATION_RANGE,
         width_shift_range=WIDTH_SHIFT_RANGE,
@@ -109,7 +109,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_folders.DataError, OSError) as error:
+    except (image_tools.DataError, OSError) as error:
         sys.exit(f"ClassImageAugmentationSample.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("ClassImageAugmentationSample.py: interrupted; the images written so far are "

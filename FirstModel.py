@@ -20,7 +20,7 @@ import keras
 from keras import layers
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-import image_folders
+import image_tools
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -90,7 +90,7 @@ def main():
     args = parse_args()
 
     # Check the folders and the resume request before anything slow starts.
-    class_names, train_counts, validation_counts = image_folders.check_model_run(args)
+    class_names, train_counts, validation_counts = image_tools.check_model_run(args)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
@@ -98,25 +98,25 @@ def main():
 
     # Read every image once, at the size the network takes; augment in memory.
     train_images, train_labels, validation_images, validation_labels = (
-        image_folders.load_training_and_validation(
+        image_tools.load_training_and_validation(
             args.train_dir, args.validation_dir, class_names, args.image_size))
     augmentation = ImageDataGenerator(
         shear_range=SHEAR_RANGE,
         zoom_range=ZOOM_RANGE,
         horizontal_flip=HORIZONTAL_FLIP,
     )
-    train_batches = image_folders.training_batches(
+    train_batches = image_tools.training_batches(
         train_images, train_labels, len(class_names), args.batch_size,
         args.seed + args.initial_epoch, augmentation)
     # Validation images are not augmented, and come in a fixed order so that val_loss
     # compares epoch to epoch.
-    validation_batches = image_folders.validation_batches(
+    validation_batches = image_tools.validation_batches(
         validation_images, validation_labels, len(class_names), args.batch_size)
 
     if args.initial_epoch > 0:
-        model = image_folders.load_model_to_resume(args.model_file, args.image_size, len(class_names))
+        model = image_tools.load_model_to_resume(args.model_file, args.image_size, len(class_names))
         compile_model(model)
-        image_folders.restore_optimizer_state(model, args.model_file)
+        image_tools.restore_optimizer_state(model, args.model_file)
         print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
     else:
         model = build_model(args.image_size, len(class_names))
@@ -126,7 +126,7 @@ def main():
     # One TensorBoard folder per run, so that runs can be told apart.
     run_dir = os.path.join(args.log_dir, time.strftime("FirstModel-%Y%m%d-%H%M%S"))
     print(f"TensorBoard run: {run_dir}")
-    stop_on_ctrl_c = image_folders.StopOnCtrlC(args.initial_epoch)
+    stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
     history = model.fit(
         train_batches,
         validation_data=validation_batches,
@@ -138,10 +138,10 @@ def main():
     )
     if stop_on_ctrl_c.interrupted:
         # Keep what has been learnt so far, under a name that says so.
-        image_folders.save_interrupted_run(
+        image_tools.save_interrupted_run(
             model, args.model_file, stop_on_ctrl_c.completed_epochs, args.epochs)
 
-    weights_file = image_folders.save_model(model, args.model_file)
+    weights_file = image_tools.save_model(model, args.model_file)
     print(f"Saved {args.model_file} and {weights_file}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
@@ -151,7 +151,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_folders.DataError, OSError) as error:
+    except (image_tools.DataError, OSError) as error:
         sys.exit(f"FirstModel.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("FirstModel.py: interrupted; nothing saved")

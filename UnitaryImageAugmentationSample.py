@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ star
 
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
 
-import image_folders
+import image_tools
 
 IMAGE = "data/train/refImage.png"
 OUTPUT_DIR = "data/generated"
@@ -44,10 +44,10 @@ def parse_args():
 def main():
     args = parse_args()
     if args.count < 0:
-        raise image_folders.DataError(f"--count {args.count} must be 0 or more")
+        raise image_tools.DataError(f"--count {args.count} must be 0 or more")
     if not os.path.isfile(args.image):
-        raise image_folders.DataError(f"image '{args.image}' does not exist: name an image with --image")
-    image = img_to_array(image_folders.read_rgb(args.image))
+        raise image_tools.DataError(f"image '{args.image}' does not exist: name an image with --image")
+    image = img_to_array(image_tools.read_rgb(args.image))
     os.makedirs(args.output_dir, exist_ok=True)
 
     augmentation = ImageDataGenerator(
@@ -61,14 +61,14 @@ def main():
     )
     for _ in range(args.count):
         copy = array_to_img(augmentation.random_transform(image))
-        print(image_folders.save_new_jpeg(copy, args.output_dir, args.prefix))
+        print(image_tools.save_new_jpeg(copy, args.output_dir, args.prefix))
     print(f"Wrote {args.count} augmented copies of {args.image} to {args.output_dir}")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (image_folders.DataError, OSError) as error:
+    except (image_tools.DataError, OSError) as error:
         sys.exit(f"UnitaryImageAugmentationSample.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("UnitaryImageAugmentationSample.py: interrupted; the copies written so far are complete")

@@ -81,11 +81,11 @@ def measure(pipeline, data_dir, batch_size, epochs):
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     import FirstModel
-    import image_folders
+    import image_tools
 
     keras.utils.set_random_seed(0)
     train_dir, validation_dir = data_dir / "train", data_dir / "validation"
-    names, _, _ = image_folders.check_image_folders(train_dir, validation_dir)
+    names, _, _ = image_tools.check_image_folders(train_dir, validation_dir)
     size = FirstModel.IMAGE_SIZE
     augmentation = ImageDataGenerator(shear_range=FirstModel.SHEAR_RANGE,
                                       zoom_range=FirstModel.ZOOM_RANGE,
@@ -104,14 +104,14 @@ def measure(pipeline, data_dir, batch_size, epochs):
         started = time.perf_counter()
         # The scripts' own read; its "Read N images" line goes before the figures' JSON line.
         train_images, train_labels, validation_images, validation_labels = (
-            image_folders.load_training_and_validation(train_dir, validation_dir, names, size))
+            image_tools.load_training_and_validation(train_dir, validation_dir, names, size))
         read_seconds = time.perf_counter() - started
         image_count = len(train_images)
         if pipeline == "in-memory":
             fit_arguments = dict(
-                x=image_folders.training_batches(train_images, train_labels, len(names),
+                x=image_tools.training_batches(train_images, train_labels, len(names),
                                                  batch_size, 0, augmentation),
-                validation_data=image_folders.validation_batches(
+                validation_data=image_tools.validation_batches(
                     validation_images, validation_labels, len(names), batch_size))
         else:
             def tensors(images, labels):

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util import tensor_util
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # tests import image_folders
+sys.path.insert(0, str(REPO))  # tests import image_tools
 
 # What TensorFlow itself prints to stderr when it starts on a machine without a GPU.
 TENSORFLOW_STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc",

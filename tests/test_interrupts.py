@@ -9,7 +9,7 @@ import time
 import keras
 import pytest
 
-import image_folders
+import image_tools
 from conftest import REPO, make_images, own_stderr_lines, run_script
 
 
@@ -34,11 +34,11 @@ class FailingModel:
 def test_a_save_cut_short_leaves_the_previous_model_whole(tmp_path):
     model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)])
     model_file = str(tmp_path / "model.h5")
-    image_folders.save_model(model, model_file)
+    image_tools.save_model(model, model_file)
     saved = {name: (tmp_path / name).read_bytes() for name in ("model.h5", "model.weights.h5")}
 
     with pytest.raises(KeyboardInterrupt):
-        image_folders.save_model(FailingModel(), model_file)
+        image_tools.save_model(FailingModel(), model_file)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == saved
     assert keras.models.load_model(model_file).output_shape == (None, 2)
 
@@ -98,6 +98,6 @@ def test_class_balancer_killed_half_way_completes_on_the_next_run(tmp_path):
     assert result.returncode == 0, result.stderr
     for split, target in (("train", 400), ("validation", 5)):
         for class_name in ("apple", "berry"):
-            assert len(image_folders.list_images(output_dir / split / class_name)) == target
+            assert len(image_tools.list_images(output_dir / split / class_name)) == target
     # What the killed run wrote is kept as it was.
     assert all(path.read_bytes() == data for path, data in written.items())
