@@ -2,6 +2,7 @@
 
     python ClassImageAugmentationSample.py
     python SecondModel.py --train-dir data/generated/train --validation-dir data/generated/validation
+    tensorboard --logdir logs      # a few originals of each class beside their augmented copies
 
 For each class of data/train and data/validation, the originals are copied to
 data/generated/<train|validation>/<class>/ and augmented copies (Random_0001.jpg, ...)
@@ -14,9 +15,11 @@ overwritten. Edit the constants below to change the targets or the augmentation.
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 
+import tensorflow as tf
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
 
 import image_tools
@@ -27,6 +30,8 @@ OUTPUT_DIR = "data/generated"
 TRAIN_TARGET = 250  # images per class after balancing
 VALIDATION_TARGET = 50
 PREFIX = "Random"  # generated files are named Random_0001.jpg, Random_0002.jpg, ...
+LOG_DIR = "logs"  # TensorBoard shows originals beside their copies
+EXAMPLES_PER_CLASS = 3  # original-and-copy pairs per class in TensorBoard
 
 # The 2018 settings: milder than the training-time augmentation, no flip.
 ROTATION_RANGE = 10
@@ -46,11 +51,17 @@ def parse_args():
                         help="receives train/<class>/ and validation/<class>/")
     parser.add_argument("--train-target", type=int, default=TRAIN_TARGET)
     parser.add_argument("--validation-target", type=int, default=VALIDATION_TARGET)
+    parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
     return parser.parse_args()
 
 
 def top_up(source_dir, class_names, output_dir, target, augmentation):
-    """Copy each class of source_dir to output_dir and add augmented images up to target."""
+    """Copy each class of source_dir to output_dir and add augmented images up to target.
+
+    Returns pictures and captions of the first few originals of each class beside
+    an augmented copy of each, for TensorBoard.
+    """
+    pictures, captions = [], []
     for class_name in class_names:
         class_source = os.path.join(source_dir, class_name)
         class_output = os.path.join(output_dir, class_name)
@@ -78,11 +89,15 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         print(f"{class_output}: {count} images, generating {target - count} to reach {target}")
         for number in range(target - count):
             # Take the originals in turn, so that each one is augmented about as often.
-            original = originals[number % len(originals)]
-            image = img_to_array(image_tools.read_rgb(os.path.join(class_source, original)))
-            copy = array_to_img(augmentation.random_transform(image))
-            image_tools.save_new_jpeg(copy, class_output, PREFIX)
+            original_name = originals[number % len(originals)]
+            original = image_tools.read_rgb(os.path.join(class_source, original_name))
+            copy = array_to_img(augmentation.random_transform(img_to_array(original)))
+            copy_path = image_tools.save_new_jpeg(copy, class_output, PREFIX)
+            if number < EXAMPLES_PER_CLASS:
+                pictures += [original, copy]
+                captions += [f"{class_name}/{original_name}", os.path.basename(copy_path)]
         print(f"{class_output}: {len(image_tools.list_images(class_output))} images")
+    return pictures, captions
 
 
 def main():
@@ -91,6 +106,7 @@ def main():
     if args.train_target < 0 or args.validation_target < 0:
         raise image_tools.DataError("--train-target and --validation-target must be 0 or more")
     class_names, _, _ = image_tools.check_image_folders(args.train_dir, args.validation_dir)
+    image_tools.check_log_folder(args.log_dir)
     augmentation = ImageDataGenerator(
         rotation_range=ROTATION_RANGE,
         width_shift_range=WIDTH_SHIFT_RANGE,
@@ -100,10 +116,22 @@ def main():
         horizontal_flip=HORIZONTAL_FLIP,
         fill_mode=FILL_MODE,
     )
-    top_up(args.train_dir, class_names, os.path.join(args.output_dir, "train"),
-           args.train_target, augmentation)
-    top_up(args.validation_dir, class_names, os.path.join(args.output_dir, "validation"),
-           args.validation_target, augmentation)
+    grids = {}
+    for role, source_dir, target in (("train", args.train_dir, args.train_target),
+                                     ("validation", args.validation_dir, args.validation_target)):
+        pictures, captions = top_up(source_dir, class_names, os.path.join(args.output_dir, role),
+                                    target, augmentation)
+        if pictures:
+            grids[role] = image_tools.picture_grid(pictures, captions, columns=2 * EXAMPLES_PER_CLASS)
+
+    # Before and after, side by side in TensorBoard: originals beside their copies.
+    if grids:
+        run_dir = os.path.join(args.log_dir, time.strftime("ClassImageAugmentationSample-%Y%m%d-%H%M%S"))
+        run_log = tf.summary.create_file_writer(run_dir)
+        for role, grid in grids.items():
+            image_tools.log_picture(run_log, f"before_and_after_augmentation/{role}", grid, step=0,
+                                    description="Each original, then an augmented copy of it.")
+        print(f"TensorBoard run: {run_dir}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
@@ -39,6 +41,9 @@ SHEAR_RANGE = 0.2
 ZOOM_RANGE = 0.2
 HORIZONTAL_FLIP = True
 SEED = 2018
+
+# TensorBoard: a confusion matrix of the validation set every this many epochs, and at the end.
+CONFUSION_MATRIX_EVERY = 10
 
 
 def parse_args():
@@ -123,9 +128,38 @@ def main():
         compile_model(model)
     model.summary()
 
-    # One TensorBoard folder per run, so that runs can be told apart.
+    # One TensorBoard folder per run, so that runs can be told apart: Keras writes the
+    # epoch scalars in its train/ and validation/ folders, the rest goes in the folder itself.
     run_dir = os.path.join(args.log_dir, time.strftime("FirstModel-%Y%m%d-%H%M%S"))
     print(f"TensorBoard run: {run_dir}")
+    run_log = tf.summary.create_file_writer(run_dir)
+    # The settings, for the HParams dashboard to set this run beside the others.
+    readable_counts = np.bincount(train_labels, minlength=len(class_names))
+    image_tools.log_hparams(run_log, {
+        "script": "FirstModel",
+        "train_dir": args.train_dir,
+        "validation_dir": args.validation_dir,
+        "train_images": len(train_labels),
+        "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, readable_counts)),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch,
+        "optimizer": type(model.optimizer).__name__,
+        "learning_rate": float(model.optimizer.learning_rate),
+        "conv_dropout": 0.0,
+        "dense_dropout": DROPOUT,
+        "shear_range": SHEAR_RANGE,
+        "zoom_range": ZOOM_RANGE,
+        "horizontal_flip": HORIZONTAL_FLIP,
+        "class_weights": False,
+        "seed": args.seed,
+    })
+    # What augmentation does to the training images, as the network gets them.
+    image_tools.log_training_images(run_log, train_images, train_labels, class_names, augmentation,
+                                    args.seed, step=args.initial_epoch)
+    validation_report = image_tools.ValidationReport(
+        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
     stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
     history = model.fit(
         train_batches,
@@ -133,7 +167,7 @@ def main():
         epochs=args.epochs,
         initial_epoch=args.initial_epoch,
         shuffle=False,  # training_batches shuffles every epoch itself
-        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), stop_on_ctrl_c],
+        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, stop_on_ctrl_c],
         verbose=2,
     )
     if stop_on_ctrl_c.interrupted:
@@ -143,6 +177,7 @@ def main():
 
     weights_file = image_tools.save_model(model, args.model_file)
     print(f"Saved {args.model_file} and {weights_file}")
+    print(f"Validation set, per class:\n{validation_report.report}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))

@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ star
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 import image_tools
@@ -39,6 +40,9 @@ LEARNING_RATE = 1.0  # Adadelta's default in Keras 2; Keras 3's default (0.001) 
 CONV_DROPOUT = 0.10
 DENSE_DROPOUT = 0.25
 SEED = 2018
+
+# TensorBoard: a confusion matrix of the validation set every this many epochs, and at the end.
+CONFUSION_MATRIX_EVERY = 10
 
 
 def parse_args():
@@ -127,9 +131,41 @@ def main():
         compile_model(model)
     model.summary()
 
-    # One TensorBoard folder per run, so that runs can be told apart.
+    # One TensorBoard folder per run, so that runs can be told apart: Keras writes the
+    # epoch scalars in its train/ and validation/ folders, the rest goes in the folder itself.
     run_dir = os.path.join(args.log_dir, time.strftime("SecondModel-%Y%m%d-%H%M%S"))
     print(f"TensorBoard run: {run_dir}")
+    run_log = tf.summary.create_file_writer(run_dir)
+    # The settings, for the HParams dashboard to set this run beside the others.
+    image_tools.log_hparams(run_log, {
+        "script": "SecondModel",
+        "train_dir": args.train_dir,
+        "validation_dir": args.validation_dir,
+        "train_images": len(train_labels),
+        "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, class_counts)),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch,
+        "optimizer": type(model.optimizer).__name__,
+        "learning_rate": float(model.optimizer.learning_rate),
+        "conv_dropout": CONV_DROPOUT,
+        "dense_dropout": DENSE_DROPOUT,
+        "shear_range": 0.0,
+        "zoom_range": 0.0,
+        "horizontal_flip": False,
+        "class_weights": True,
+        "seed": args.seed,
+    })
+    image_tools.log_text(run_log, "class_weights", "\n".join(
+        ["| class | training images | weight |", "|---|---|---|"]
+        + [f"| {name} | {class_counts[index]} | {class_weights[index]:.3f} |"
+           for index, name in enumerate(class_names)]), step=args.initial_epoch)
+    # The training images as the network gets them: resized, not augmented.
+    image_tools.log_training_images(run_log, train_images, train_labels, class_names, None,
+                                    args.seed, step=args.initial_epoch)
+    validation_report = image_tools.ValidationReport(
+        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
     stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
     history = model.fit(
         train_batches,
@@ -138,7 +174,7 @@ def main():
         initial_epoch=args.initial_epoch,
         class_weight=class_weights,
         shuffle=False,  # training_batches shuffles every epoch itself
-        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), stop_on_ctrl_c],
+        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, stop_on_ctrl_c],
         verbose=2,
     )
     if stop_on_ctrl_c.interrupted:
@@ -148,6 +184,7 @@ def main():
 
     weights_file = image_tools.save_model(model, args.model_file)
     print(f"Saved {args.model_file} and {weights_file}")
+    print(f"Validation set, per class:\n{validation_report.report}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))

@@ -2,6 +2,7 @@
 
     python UnitaryImageAugmentationSample.py      # 21 copies of data/train/refImage.png
                                                   # in data/generated/MY_CLASS_0001.jpg ...
+    tensorboard --logdir logs                     # the image and its copies side by side
 
 Edit the constants below to try other augmentation settings. Existing files are
 never overwritten: a second run adds new copies after the ones already there.
@@ -10,9 +11,11 @@ never overwritten: a second run adds new copies after the ones already there.
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 
+import tensorflow as tf
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
 
 import image_tools
@@ -21,6 +24,7 @@ IMAGE = "data/train/refImage.png"
 OUTPUT_DIR = "data/generated"
 COUNT = 21
 PREFIX = "MY_CLASS"  # name the copies after the class of the image
+LOG_DIR = "logs"  # TensorBoard shows the image beside its copies
 
 # The 2018 augmentation settings.
 ROTATION_RANGE = 40
@@ -38,6 +42,7 @@ def parse_args():
     parser.add_argument("--output-dir", default=OUTPUT_DIR)
     parser.add_argument("--count", type=int, default=COUNT, help="how many copies to write")
     parser.add_argument("--prefix", default=PREFIX, help="file names start with it")
+    parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
     return parser.parse_args()
 
 
@@ -47,7 +52,9 @@ def main():
         raise image_tools.DataError(f"--count {args.count} must be 0 or more")
     if not os.path.isfile(args.image):
         raise image_tools.DataError(f"image '{args.image}' does not exist: name an image with --image")
-    image = img_to_array(image_tools.read_rgb(args.image))
+    image_tools.check_log_folder(args.log_dir)
+    original = image_tools.read_rgb(args.image)
+    image = img_to_array(original)
     os.makedirs(args.output_dir, exist_ok=True)
 
     augmentation = ImageDataGenerator(
@@ -59,10 +66,22 @@ def main():
         horizontal_flip=HORIZONTAL_FLIP,
         fill_mode=FILL_MODE,
     )
+    pictures, captions = [original], ["original"]  # the grid for TensorBoard: four rows of six
     for _ in range(args.count):
         copy = array_to_img(augmentation.random_transform(image))
-        print(image_tools.save_new_jpeg(copy, args.output_dir, args.prefix))
+        path = image_tools.save_new_jpeg(copy, args.output_dir, args.prefix)
+        print(path)
+        if len(pictures) < 24:
+            pictures.append(copy)
+            captions.append(os.path.basename(path))
     print(f"Wrote {args.count} augmented copies of {args.image} to {args.output_dir}")
+
+    # Before and after, side by side in TensorBoard.
+    run_dir = os.path.join(args.log_dir, time.strftime("UnitaryImageAugmentationSample-%Y%m%d-%H%M%S"))
+    grid = image_tools.picture_grid(pictures, captions, columns=6)
+    image_tools.log_picture(tf.summary.create_file_writer(run_dir), "before_and_after_augmentation",
+                            grid, step=0, description=f"{args.image}, then its augmented copies.")
+    print(f"TensorBoard run: {run_dir}")
 
 
 if __name__ == "__main__":

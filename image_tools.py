@@ -1,7 +1,8 @@
 """The plumbing the scripts of this collection share: image folders in, models out.
 
 Checking and reading image folders, batching and augmenting the images in memory,
-and writing images and models without ever overwriting or truncating a file.
+writing images and models without ever overwriting or truncating a file, and the
+pictures and tables each run leaves in TensorBoard beside Keras' scalars.
 
 A data set is a folder with one sub-folder of images per class:
 
@@ -34,7 +35,8 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from tensorboard.plugins.hparams import api as hparams_api
 
 # The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
@@ -540,3 +542,154 @@ def save_interrupted_run(model, model_file, completed_epochs, epochs):
     sys.exit(f"Interrupted after epoch {completed_epochs}; saved the model so far as "
              f"{partial_file}. To go on: python {script} --model-file {partial_file} "
              f"--initial-epoch {completed_epochs} --epochs {epochs}")
+
+
+# TensorBoard: Keras writes each epoch's scalars in <run>/train and <run>/validation;
+# the scripts write the rest (settings, pictures, tables) in <run> itself.
+
+def log_hparams(run_log, hparams):
+    """Record the run's settings for TensorBoard's HParams dashboard.
+
+    run_log is the run folder's summary writer; the dashboard shows the last value
+    of every scalar of the run's train/ and validation/ folders beside the settings.
+    """
+    with run_log.as_default():
+        hparams_api.hparams(hparams)
+    run_log.flush()
+
+
+def log_picture(run_log, tag, picture, step, description):
+    """One RGB picture (a PIL image) as a TensorBoard image."""
+    with run_log.as_default():
+        tf.summary.image(tag, np.asarray(picture)[None], step=step, description=description)
+    run_log.flush()
+
+
+def log_text(run_log, tag, markdown, step):
+    with run_log.as_default():
+        tf.summary.text(tag, markdown, step=step)
+    run_log.flush()
+
+
+def picture_grid(pictures, captions, columns, tile=160):
+    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its caption."""
+    font = ImageFont.load_default(size=12)
+    caption_height = 18
+    rows = math.ceil(len(pictures) / columns)
+    grid = Image.new("RGB", (columns * tile, rows * (tile + caption_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for number, (picture, caption) in enumerate(zip(pictures, captions)):
+        left, top = (number % columns) * tile, (number // columns) * (tile + caption_height)
+        fitted = ImageOps.contain(picture.convert("RGB"), (tile - 4, tile - 4), Image.Resampling.BICUBIC)
+        grid.paste(fitted, (left + (tile - fitted.width) // 2, top + (tile - fitted.height) // 2))
+        draw.text((left + tile // 2, top + tile + caption_height // 2),
+                  _shortened(caption, font, tile - 4), fill="black", font=font, anchor="mm")
+    return grid
+
+
+def _shortened(text, font, width):
+    """text, cut with an ellipsis to fit in width pixels."""
+    while font.getlength(text) > width and len(text) > 1:
+        text = text[:-2] + "\u2026"
+    return text
+
+
+def log_training_images(run_log, images, labels, class_names, augmentation, seed, step, count=16):
+    """A grid of training images as the network gets them: augmented (if augmentation) and resized.
+
+    The first images of each class in turn, so that every class shows.
+    """
+    by_class = [np.flatnonzero(labels == index) for index in range(len(class_names))]
+    picked = [index for group in itertools.zip_longest(*by_class) for index in group
+              if index is not None][:count]
+    batch = images[picked]
+    if augmentation is not None:
+        batch = augment(batch, augmentation, tf.constant([seed, 0]))
+    pictures = [Image.fromarray(np.asarray(image).round().astype(np.uint8)) for image in batch]
+    captions = [class_names[labels[index]] for index in picked]
+    tag = "augmented_training_images" if augmentation is not None else "training_images"
+    log_picture(run_log, tag, picture_grid(pictures, captions, columns=4), step,
+                "What the network is trained on: training images at the size it takes"
+                + (", after random augmentation." if augmentation is not None else ", not augmented."))
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """counts[true class, predicted class]."""
+    return np.bincount(np.asarray(labels) * num_classes + np.asarray(predictions),
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def draw_confusion_matrix(counts, class_names, title):
+    """The confusion matrix as a picture: one row per true class, shaded by the row's share."""
+    font = ImageFont.load_default(size=14)
+    names = [_shortened(name, font, 150) for name in class_names]
+    widest_name = max(font.getlength(name) for name in names)
+    cell = max(64, int(widest_name) + 12)
+    left = int(max(widest_name, font.getlength("true class"))) + 20  # room for the row names
+    top = 80  # room for the title and the column names
+    matrix_size = len(names) * cell
+    width = max(left + matrix_size, int(font.getlength(title))) + 20
+    picture = Image.new("RGB", (width, top + matrix_size + 12), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 8), title, fill="black", font=font)
+    draw.text((left + matrix_size // 2, 34), "predicted class", fill="black", font=font, anchor="mt")
+    draw.text((left - 10, top - 6), "true class", fill="black", font=font, anchor="rb")
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    for row, name in enumerate(names):
+        draw.text((left - 10, top + row * cell + cell // 2), name, fill="black", font=font, anchor="rm")
+        draw.text((left + row * cell + cell // 2, top - 6), name, fill="black", font=font, anchor="mb")
+        for column in range(len(names)):
+            x, y, share = left + column * cell, top + row * cell, shares[row, column]
+            shade = tuple(int(255 - share * (255 - channel)) for channel in (31, 119, 180))
+            draw.rectangle([x, y, x + cell, y + cell], fill=shade, outline="grey")
+            draw.text((x + cell // 2, y + cell // 2), str(counts[row, column]),
+                      fill="white" if share > 0.5 else "black", font=font, anchor="mm")
+    return picture
+
+
+def classification_report(counts, class_names):
+    """Per-class precision, recall and support from a confusion matrix, as a Markdown table."""
+    lines = ["| class | precision | recall | support |", "|---|---|---|---|"]
+    for index, name in enumerate(class_names):
+        predicted, support = counts[:, index].sum(), counts[index].sum()
+        precision = f"{counts[index, index] / predicted:.3f}" if predicted else "n/a"
+        recall = f"{counts[index, index] / support:.3f}" if support else "n/a"
+        lines.append(f"| {name} | {precision} | {recall} | {support} |")
+    lines.append(f"| all: accuracy {np.trace(counts) / max(counts.sum(), 1):.3f} | | | {counts.sum()} |")
+    return "\n".join(lines)
+
+
+class ValidationReport(keras.callbacks.Callback):
+    """Log the validation set's confusion matrix every few epochs and, at the end, with a report.
+
+    batches are validation_batches(), in the order of labels. At the end of training
+    (after the last epoch, or a Ctrl-C) it also writes per-class precision, recall
+    and support as a TensorBoard text, and keeps that table in self.report.
+    """
+
+    def __init__(self, run_log, batches, labels, class_names, every):
+        super().__init__()
+        self.run_log, self.batches, self.labels = run_log, batches, labels
+        self.class_names, self.every = class_names, every
+        self.last_epoch, self.counts, self.report = None, None, None
+
+    def _log_confusion_matrix(self, epoch):
+        predictions = self.model.predict(self.batches, verbose=0).argmax(axis=1)
+        self.counts = confusion_matrix(self.labels, predictions, len(self.class_names))
+        picture = draw_confusion_matrix(self.counts, self.class_names,
+                                        f"Validation set after epoch {epoch + 1}")
+        log_picture(self.run_log, "confusion_matrix", picture, epoch,
+                    "Validation images by true class (rows) and predicted class (columns).")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        if (epoch + 1) % self.every == 0:
+            self._log_confusion_matrix(epoch)
+
+    def on_train_end(self, logs=None):
+        if self.last_epoch is None:
+            return  # stopped before the first epoch ended: nothing new to report
+        if (self.last_epoch + 1) % self.every != 0:
+            self._log_confusion_matrix(self.last_epoch)
+        self.report = classification_report(self.counts, self.class_names)
+        log_text(self.run_log, "classification_report", self.report, self.last_epoch)
