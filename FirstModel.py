@@ -58,6 +58,9 @@ def parse_args():
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
     parser.add_argument("--model-file", default=MODEL_FILE, help="the weights go beside it")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--predict", metavar="PATH",
+                        help="classify this image, or every image under this folder, with the "
+                             "model in --model-file, instead of training")
     return parser.parse_args()
 
 
@@ -93,6 +96,9 @@ def compile_model(model):
 
 def main():
     args = parse_args()
+    if args.predict:
+        image_tools.predict_with_saved_model(args.model_file, args.predict)
+        return
 
     # Check the folders and the resume request before anything slow starts.
     class_names, train_counts, validation_counts = image_tools.check_model_run(args)
@@ -135,7 +141,7 @@ def main():
     run_log = tf.summary.create_file_writer(run_dir)
     # The settings, for the HParams dashboard to set this run beside the others.
     readable_counts = np.bincount(train_labels, minlength=len(class_names))
-    image_tools.log_hparams(run_log, {
+    image_tools.log_hparams(run_log, run_dir, {
         "script": "FirstModel",
         "train_dir": args.train_dir,
         "validation_dir": args.validation_dir,
@@ -173,9 +179,9 @@ def main():
     if stop_on_ctrl_c.interrupted:
         # Keep what has been learnt so far, under a name that says so.
         image_tools.save_interrupted_run(
-            model, args.model_file, stop_on_ctrl_c.completed_epochs, args.epochs)
+            model, args.model_file, class_names, stop_on_ctrl_c.completed_epochs, args.epochs)
 
-    weights_file = image_tools.save_model(model, args.model_file)
+    weights_file = image_tools.save_model(model, args.model_file, class_names)
     print(f"Saved {args.model_file} and {weights_file}")
     print(f"Validation set, per class:\n{validation_report.report}")
     # The last line sums the run up, like the 2018 README's results.

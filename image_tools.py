@@ -21,6 +21,7 @@ DataError, which the scripts print as one line.
 
 import concurrent.futures
 import itertools
+import json
 import logging
 import math
 import os
@@ -124,12 +125,14 @@ def check_image_folders(train_dir, validation_dir):
     return train_classes, train_counts, validation_counts
 
 
-def check_output_folder(path):
+def check_output_folder(path, suffix=".h5"):
     """Fail now, not after an hour of training, when a model cannot be saved as path."""
     folder = os.path.dirname(os.path.abspath(path))
-    if not path.endswith(".h5") or path.endswith(".weights.h5"):
+    if suffix == ".h5" and (not path.endswith(".h5") or path.endswith(".weights.h5")):
         raise DataError(f"cannot save a model as '{path}': --model-file must end in .h5 "
                         "(and not .weights.h5, the name of the weights saved beside it)")
+    if not path.endswith(suffix):
+        raise DataError(f"cannot save a model as '{path}': --model-file must end in {suffix}")
     if not os.path.isdir(folder):
         raise DataError(f"cannot write '{path}': folder '{folder}' does not exist; "
                         "create it or choose another --model-file")
@@ -270,21 +273,11 @@ def load_image(path, image_size):
     return np.asarray(square, dtype=np.uint8)
 
 
-def load_images(data_dir, class_names, image_size, role):
-    """Every image of data_dir's class folders, read once and in parallel.
+def read_images(paths, image_size):
+    """The images at paths, read in parallel: (uint8 array of the readable ones, readable mask).
 
-    Returns (images, labels, paths): an (N, image_size, image_size, 3) uint8
-    array, the class index of each image, and the file each came from, in class
-    order and then file name order, as flow_from_directory lists them. A file
-    that cannot be read is skipped with a warning; a class left without images
-    is a DataError. role ("training", ...) is for messages.
+    A file that cannot be read gets a warning line naming it and is left out.
     """
-    paths, labels = [], []
-    for index, class_name in enumerate(class_names):
-        class_dir = os.path.join(data_dir, class_name)
-        for name in list_images(class_dir):
-            paths.append(os.path.join(class_dir, name))
-            labels.append(index)
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
 
     def load_into(position):
@@ -301,6 +294,25 @@ def load_images(data_dir, class_names, image_size, role):
         if problem:
             warn(f"skipped '{path}': {problem}")
     readable = np.array([problem is None for problem in problems], dtype=bool)
+    return (images if readable.all() else images[readable]), readable
+
+
+def load_images(data_dir, class_names, image_size, role):
+    """Every image of data_dir's class folders, read once and in parallel.
+
+    Returns (images, labels, paths): an (N, image_size, image_size, 3) uint8
+    array, the class index of each image, and the file each came from, in class
+    order and then file name order, as flow_from_directory lists them. A file
+    that cannot be read is skipped with a warning; a class left without images
+    is a DataError. role ("training", ...) is for messages.
+    """
+    paths, labels = [], []
+    for index, class_name in enumerate(class_names):
+        class_dir = os.path.join(data_dir, class_name)
+        for name in list_images(class_dir):
+            paths.append(os.path.join(class_dir, name))
+            labels.append(index)
+    images, readable = read_images(paths, image_size)
     if not readable.all():
         warn(f"skipped {np.sum(~readable)} of {len(paths)} {role} images that could not be read")
     labels = np.array(labels, dtype=np.int64)[readable]
@@ -308,8 +320,6 @@ def load_images(data_dir, class_names, image_size, role):
         if not np.any(labels == index):
             raise DataError(f"{role} class folder '{os.path.join(data_dir, class_name)}' has no "
                             "readable images: replace the files warned about above")
-    if not readable.all():
-        images = images[readable]
     return images, labels, [path for path, ok in zip(paths, readable) if ok]
 
 
@@ -453,25 +463,38 @@ def augment(images, augmentation, seed):
     return transformed
 
 
-def save_model(model, model_file):
-    """Save model as model_file and its weights beside it as <name>.weights.h5.
+def replace_atomically(path, save):
+    """Write path through save(temporary path), then rename the result over path.
 
-    Each file is written under a hidden temporary name in the same folder, then
-    renamed over the old one: a crash or Ctrl-C while saving leaves the previous
-    files whole, never a truncated one. Returns the weights file's path.
+    The temporary file is hidden in the same folder: a crash or Ctrl-C while saving
+    leaves the previous file whole, never a truncated one.
     """
+    folder, name = os.path.split(os.path.abspath(path))
+    suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
+    descriptor, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.partial-", suffix=suffix)
+    os.close(descriptor)
+    try:
+        save(temp_path)
+        os.replace(temp_path, path)
+    finally:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+
+
+def save_model(model, model_file, class_names):
+    """Save model as model_file, with class_names, and its weights beside it as <name>.weights.h5.
+
+    The class names go in the .h5 file's attributes, so that --predict can name
+    the classes without the training folders. Returns the weights file's path.
+    """
+    def save_with_class_names(path):
+        model.save(path)
+        with h5py.File(path, "a") as saved:
+            saved.attrs["class_names"] = json.dumps(list(class_names))
+
     weights_file = os.path.splitext(model_file)[0] + ".weights.h5"
-    for path, save, suffix in ((model_file, model.save, ".h5"),
-                               (weights_file, model.save_weights, ".weights.h5")):
-        folder, name = os.path.split(os.path.abspath(path))
-        descriptor, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.partial-", suffix=suffix)
-        os.close(descriptor)
-        try:
-            save(temp_path)
-            os.replace(temp_path, path)
-        finally:
-            if os.path.exists(temp_path):
-                os.unlink(temp_path)
+    replace_atomically(model_file, save_with_class_names)
+    replace_atomically(weights_file, model.save_weights)
     return weights_file
 
 
@@ -534,10 +557,10 @@ class StopOnCtrlC(keras.callbacks.Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def save_interrupted_run(model, model_file, completed_epochs, epochs):
+def save_interrupted_run(model, model_file, class_names, completed_epochs, epochs):
     """After Ctrl-C: save the model so far as <name>.partial.h5 and exit, saying how to go on."""
     partial_file = os.path.splitext(model_file)[0] + ".partial.h5"
-    save_model(model, partial_file)
+    save_model(model, partial_file, class_names)
     script = os.path.basename(sys.argv[0])
     sys.exit(f"Interrupted after epoch {completed_epochs}; saved the model so far as "
              f"{partial_file}. To go on: python {script} --model-file {partial_file} "
@@ -547,14 +570,14 @@ def save_interrupted_run(model, model_file, completed_epochs, epochs):
 # TensorBoard: Keras writes each epoch's scalars in <run>/train and <run>/validation;
 # the scripts write the rest (settings, pictures, tables) in <run> itself.
 
-def log_hparams(run_log, hparams):
-    """Record the run's settings for TensorBoard's HParams dashboard.
+def log_hparams(run_log, run_dir, hparams):
+    """Record the run's settings for TensorBoard's HParams dashboard, under the run's name.
 
-    run_log is the run folder's summary writer; the dashboard shows the last value
-    of every scalar of the run's train/ and validation/ folders beside the settings.
+    run_log is the summary writer of the folder run_dir; the dashboard shows the last
+    value of every scalar of the run's train/ and validation/ folders beside the settings.
     """
     with run_log.as_default():
-        hparams_api.hparams(hparams)
+        hparams_api.hparams(hparams, trial_id=os.path.basename(run_dir))
     run_log.flush()
 
 
@@ -693,3 +716,58 @@ class ValidationReport(keras.callbacks.Callback):
             self._log_confusion_matrix(self.last_epoch)
         self.report = classification_report(self.counts, self.class_names)
         log_text(self.run_log, "classification_report", self.report, self.last_epoch)
+
+
+# --predict: classify new photos with a saved model.
+
+def list_images_to_predict(path):
+    """The image at path, or every image under the folder path, in sorted path order."""
+    if os.path.isdir(path):
+        paths = sorted(os.path.join(path, name) for name in list_images(path))
+    elif os.path.isfile(path):
+        paths = [path]
+    else:
+        raise DataError(f"--predict '{path}' does not exist: name an image or a folder of images")
+    if not paths:
+        raise DataError(f"--predict '{path}' holds no images: give {', '.join(IMAGE_EXTENSIONS)} files")
+    return paths
+
+
+def read_images_to_predict(paths, image_size):
+    """(images, paths) of the images at paths that can be read, read as for training."""
+    images, readable = read_images(paths, image_size)
+    if not readable.any():
+        raise DataError("none of the images to predict can be read: see the warnings above")
+    return images, [path for path, ok in zip(paths, readable) if ok]
+
+
+def print_predictions(paths, predictions, probabilities, class_names):
+    """One line per image: path, predicted class and its probability, tab-separated.
+
+    predictions are class indices; probabilities has one row per image, one column per class.
+    """
+    for path, predicted, row in zip(paths, predictions, probabilities):
+        print(f"{path}\t{class_names[predicted]}\t{row[predicted]:.4f}")
+
+
+def load_class_names(model_file):
+    """The class names save_model stored in model_file."""
+    try:
+        with h5py.File(model_file, "r") as saved:
+            return json.loads(saved.attrs["class_names"])
+    except (OSError, KeyError, ValueError):
+        raise DataError(f"'{model_file}' holds no class names: it was not saved by these "
+                        "scripts; train it again, or name another with --model-file") from None
+
+
+def predict_with_saved_model(model_file, path):
+    """Classify the image or folder at path with the Keras model saved in model_file."""
+    paths = list_images_to_predict(path)
+    if not os.path.isfile(model_file):
+        raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
+    class_names = load_class_names(model_file)
+    model = keras.models.load_model(model_file, compile=False)
+    images, paths = read_images_to_predict(paths, model.input_shape[1])
+    # The training preprocessing: resized as above, then rescaled to [0, 1].
+    probabilities = model.predict(images / np.float32(255), batch_size=32, verbose=0)
+    print_predictions(paths, probabilities.argmax(axis=1), probabilities, class_names)

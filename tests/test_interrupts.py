@@ -34,11 +34,11 @@ class FailingModel:
 def test_a_save_cut_short_leaves_the_previous_model_whole(tmp_path):
     model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)])
     model_file = str(tmp_path / "model.h5")
-    image_tools.save_model(model, model_file)
+    image_tools.save_model(model, model_file, ["ant", "bee"])
     saved = {name: (tmp_path / name).read_bytes() for name in ("model.h5", "model.weights.h5")}
 
     with pytest.raises(KeyboardInterrupt):
-        image_tools.save_model(FailingModel(), model_file)
+        image_tools.save_model(FailingModel(), model_file, ["ant", "bee"])
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == saved
     assert keras.models.load_model(model_file).output_shape == (None, 2)
 

@@ -182,7 +182,8 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     groups = tensorboard.get("/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]})
-    sessions = {group["sessions"][0]["name"]: group for group in groups["sessionGroups"]}
+    # One trial per run, named after its folder.
+    sessions = {group["name"]: group for group in groups["sessionGroups"]}
     first_model, first_stdout = runs["FirstModel.py"]
     second_model = runs["SecondModel.py"][0]
     assert set(sessions) == {first_model, second_model}
