@@ -31,9 +31,12 @@ def logs(tmp_path_factory):
     for script, args in (
         ("FirstModel.py", ["--epochs", FIRST_MODEL_EPOCHS, "--model-file", work / "first.h5"]),
         ("SecondModel.py", ["--epochs", 2, "--model-file", work / "second.h5"]),
+        ("SVMModel.py", ["--model-file", work / "svm.joblib"]),
     ):
+        if script != "SVMModel.py":
+            args += ["--batch-size", 2, "--image-size", 32]
         result = run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
-                            "--batch-size", 2, "--image-size", 32, "--log-dir", log_dir, *args, cwd=work)
+                            "--log-dir", log_dir, *args, cwd=work)
         assert result.returncode == 0, result.stderr
         runs[script] = (run_name(result.stdout), result.stdout)
     result = run_script("UnitaryImageAugmentationSample.py", "--image", train_dir / "apple" / "apple_000.png",
@@ -123,7 +126,7 @@ def tensorboard(logs):
 def test_serves_a_run_per_script_with_keras_scalars(tensorboard, logs):
     _, runs = logs
     served = tensorboard.get("/data/runs")
-    for script in ("FirstModel", "SecondModel"):
+    for script in ("FirstModel", "SecondModel", "SVMModel"):
         name = runs[f"{script}.py"][0]
         assert re.fullmatch(fr"{script}-\d{{8}}-\d{{6}}", name)
         assert {name, f"{name}/train", f"{name}/validation"} <= set(served)
@@ -139,6 +142,7 @@ def test_serves_augmented_images_and_confusion_matrices(tensorboard, logs):
     first_model, second_model = runs["FirstModel.py"][0], runs["SecondModel.py"][0]
     assert set(image_tags[first_model]) == {"augmented_training_images", "confusion_matrix"}
     assert set(image_tags[second_model]) == {"training_images", "confusion_matrix"}
+    assert set(image_tags[runs["SVMModel.py"][0]]) == {"confusion_matrix"}
     assert set(image_tags[runs["UnitaryImageAugmentationSample.py"][0]]) == {"before_and_after_augmentation"}
     assert set(image_tags[runs["ClassImageAugmentationSample.py"][0]]) == {
         "before_and_after_augmentation/train", "before_and_after_augmentation/validation"}
@@ -186,7 +190,8 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     sessions = {group["name"]: group for group in groups["sessionGroups"]}
     first_model, first_stdout = runs["FirstModel.py"]
     second_model = runs["SecondModel.py"][0]
-    assert set(sessions) == {first_model, second_model}
+    svm_model = runs["SVMModel.py"][0]
+    assert set(sessions) == {first_model, second_model, svm_model}
     assert sessions[first_model]["hparams"]["class_weights"] is False
     assert sessions[second_model]["hparams"]["class_weights"] is True
     assert sessions[first_model]["hparams"]["images_per_class"] == "apple 8, berry 4"
@@ -197,6 +202,10 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     values = {(metric["name"]["group"], metric["name"]["tag"]): metric["value"]
               for metric in sessions[first_model]["metricValues"]}
     assert values[("validation", "epoch_accuracy")] == pytest.approx(final_accuracy, abs=1e-4)
+    # The SVM's validation accuracy sits in the same column.
+    svm_values = {(metric["name"]["group"], metric["name"]["tag"]): metric["value"]
+                  for metric in sessions[svm_model]["metricValues"]}
+    assert 0 <= svm_values[("validation", "epoch_accuracy")] <= 1
 
 
 def test_confusion_matrix_and_report_count_right():
