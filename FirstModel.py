@@ -17,7 +17,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
@@ -140,26 +139,15 @@ def main():
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
     # The settings, for the HParams dashboard to set this run beside the others.
-    readable_counts = np.bincount(train_labels, minlength=len(class_names))
     image_tools.log_hparams(run_log, run_dir, {
         "script": "FirstModel",
-        "train_dir": args.train_dir,
-        "validation_dir": args.validation_dir,
-        "train_images": len(train_labels),
-        "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, readable_counts)),
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
-        "initial_epoch": args.initial_epoch,
-        "optimizer": type(model.optimizer).__name__,
-        "learning_rate": float(model.optimizer.learning_rate),
+        **image_tools.training_hparams(args, model, class_names, train_labels),
         "conv_dropout": 0.0,
         "dense_dropout": DROPOUT,
         "shear_range": SHEAR_RANGE,
         "zoom_range": ZOOM_RANGE,
         "horizontal_flip": HORIZONTAL_FLIP,
         "class_weights": False,
-        "seed": args.seed,
     })
     # What augmentation does to the training images, as the network gets them.
     image_tools.log_training_images(run_log, train_images, train_labels, class_names, augmentation,

@@ -183,7 +183,7 @@ def main():
         "train_dir": args.train_dir,
         "validation_dir": args.validation_dir,
         "train_images": len(train_labels),
-        "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, class_counts)),
+        "images_per_class": image_tools.images_per_class(class_names, train_labels),
         "image_size": IMAGE_SIZE,
         "svm_c": float(best_c),
         "svm_gamma": str(best_gamma),

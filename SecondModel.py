@@ -145,23 +145,13 @@ def main():
     # The settings, for the HParams dashboard to set this run beside the others.
     image_tools.log_hparams(run_log, run_dir, {
         "script": "SecondModel",
-        "train_dir": args.train_dir,
-        "validation_dir": args.validation_dir,
-        "train_images": len(train_labels),
-        "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, class_counts)),
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "epochs": args.epochs,
-        "initial_epoch": args.initial_epoch,
-        "optimizer": type(model.optimizer).__name__,
-        "learning_rate": float(model.optimizer.learning_rate),
+        **image_tools.training_hparams(args, model, class_names, train_labels),
         "conv_dropout": CONV_DROPOUT,
         "dense_dropout": DENSE_DROPOUT,
         "shear_range": 0.0,
         "zoom_range": 0.0,
         "horizontal_flip": False,
         "class_weights": True,
-        "seed": args.seed,
     })
     image_tools.log_text(run_log, "class_weights", "\n".join(
         ["| class | training images | weight |", "|---|---|---|"]

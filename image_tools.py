@@ -581,6 +581,32 @@ def log_hparams(run_log, run_dir, hparams):
     run_log.flush()
 
 
+def images_per_class(class_names, labels):
+    """'apple 8, berry 4': the number of images of each class, for the HParams table."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    return ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
+
+
+def training_hparams(args, model, class_names, train_labels):
+    """The settings every CNN run records: its data, and how it was trained.
+
+    args are the model scripts' shared flags; model is compiled.
+    """
+    return {
+        "train_dir": args.train_dir,
+        "validation_dir": args.validation_dir,
+        "train_images": len(train_labels),
+        "images_per_class": images_per_class(class_names, train_labels),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch,
+        "optimizer": type(model.optimizer).__name__,
+        "learning_rate": float(model.optimizer.learning_rate),
+        "seed": args.seed,
+    }
+
+
 def log_picture(run_log, tag, picture, step, description):
     """One RGB picture (a PIL image) as a TensorBoard image."""
     with run_log.as_default():
