@@ -334,9 +334,14 @@ def load_training_and_validation(train_dir, validation_dir, class_names, image_s
     return train_images, train_labels, validation_images, validation_labels
 
 
+def network_input(images):
+    """uint8 images as the networks take them: floats in [0, 1], as rescale=1/255 did."""
+    return tf.cast(images, tf.float32) / 255.0
+
+
 def _rescaled(images, labels, num_classes):
-    """uint8 images to floats in [0, 1], as rescale=1/255 did; labels to one-hot."""
-    return tf.cast(images, tf.float32) / 255.0, tf.one_hot(labels, num_classes)
+    """network_input of the images; labels to one-hot."""
+    return network_input(images), tf.one_hot(labels, num_classes)
 
 
 def _batches_of(images, labels, indices):
@@ -794,6 +799,6 @@ def predict_with_saved_model(model_file, path):
     class_names = load_class_names(model_file)
     model = keras.models.load_model(model_file, compile=False)
     images, paths = read_images_to_predict(paths, model.input_shape[1])
-    # The training preprocessing: resized as above, then rescaled to [0, 1].
-    probabilities = model.predict(images / np.float32(255), batch_size=32, verbose=0)
+    # The training preprocessing: resized as above, then rescaled as in training.
+    probabilities = model.predict(network_input(images), batch_size=32, verbose=0)
     print_predictions(paths, probabilities.argmax(axis=1), probabilities, class_names)
