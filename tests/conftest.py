@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO))  # tests import image_tools
 # What TensorFlow itself prints to stderr when it starts on a machine without a GPU.
 TENSORFLOW_STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc",
                             "cuda_platform.cc", "cpu_feature_guard.cc",
-                            "To enable the following instructions:")
+                            "To enable the following instructions:",
+                            "oneDNN custom operations are on")
 
 # One colour per class: a small CNN tells them apart within a few epochs.
 CLASS_COLOURS = [(220, 40, 40), (40, 40, 220), (40, 200, 40), (230, 200, 40)]
