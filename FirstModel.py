@@ -41,6 +41,12 @@ ZOOM_RANGE = 0.2
 HORIZONTAL_FLIP = True
 SEED = 2018
 
+# Training control, measured in the README's "Generalisation" section: all on val_loss.
+REDUCE_LR_FACTOR = 0.5  # the learning rate is multiplied by this ...
+REDUCE_LR_PATIENCE = 5  # ... after this many epochs without a lower val_loss
+MIN_LEARNING_RATE = 0.001
+EARLY_STOPPING_PATIENCE = 15  # training stops after this many epochs without a lower val_loss
+
 # TensorBoard: a confusion matrix of the validation set every this many epochs, and at the end.
 CONFUSION_MATRIX_EVERY = 10
 
@@ -124,13 +130,13 @@ def main():
         validation_images, validation_labels, len(class_names), args.batch_size)
 
     if args.initial_epoch > 0:
-        model = image_tools.load_model_to_resume(args.model_file, args.image_size, len(class_names))
-        compile_model(model)
-        image_tools.restore_optimizer_state(model, args.model_file)
-        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+        model, best_epoch = image_tools.resume_run(
+            args.model_file, args.image_size, len(class_names), compile_model)
+        print(f"Resuming {image_tools.last_epoch_file(args.model_file)} after epoch {args.initial_epoch}")
     else:
         model = build_model(args.image_size, len(class_names))
         compile_model(model)
+        best_epoch = image_tools.BestEpoch()
     model.summary()
 
     # One TensorBoard folder per run, so that runs can be told apart: Keras writes the
@@ -147,6 +153,8 @@ def main():
         "shear_range": SHEAR_RANGE,
         "zoom_range": ZOOM_RANGE,
         "horizontal_flip": HORIZONTAL_FLIP,
+        "reduce_lr_patience": REDUCE_LR_PATIENCE,
+        "early_stopping_patience": EARLY_STOPPING_PATIENCE,
         "class_weights": False,
     })
     # What augmentation does to the training images, as the network gets them.
@@ -161,19 +169,34 @@ def main():
         epochs=args.epochs,
         initial_epoch=args.initial_epoch,
         shuffle=False,  # training_batches shuffles every epoch itself
-        callbacks=[keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, stop_on_ctrl_c],
+        callbacks=[
+            keras.callbacks.TensorBoard(log_dir=run_dir),
+            validation_report,
+            best_epoch,
+            # Smaller steps once val_loss stops falling, and no more epochs once it has
+            # not fallen for a while: both measured in the README.
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=REDUCE_LR_FACTOR, patience=REDUCE_LR_PATIENCE,
+                min_lr=MIN_LEARNING_RATE),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=EARLY_STOPPING_PATIENCE),
+            stop_on_ctrl_c,
+        ],
         verbose=2,
     )
+    last_epoch = args.initial_epoch + len(history.epoch)
     if stop_on_ctrl_c.interrupted:
         # Keep what has been learnt so far, under a name that says so.
-        image_tools.save_interrupted_run(
-            model, args.model_file, class_names, stop_on_ctrl_c.completed_epochs, args.epochs)
+        image_tools.save_interrupted_run(model, args.model_file, class_names, best_epoch,
+                                         stop_on_ctrl_c.completed_epochs, args.epochs)
 
-    weights_file = image_tools.save_model(model, args.model_file, class_names)
-    print(f"Saved {args.model_file} and {weights_file}")
-    print(f"Validation set, per class:\n{validation_report.report}")
-    # The last line sums the run up, like the 2018 README's results.
-    print(" - ".join(f"{name}: {history.history[name][-1]:.4f}"
+    # The last epoch is saved to resume from; the epoch of lowest val_loss, to use.
+    saved_files = image_tools.save_best_and_last(
+        model, args.model_file, class_names, best_epoch, last_epoch)
+    print(f"Saved {', '.join(saved_files)}")
+    report = validation_report.finish(last_epoch, best_epoch)
+    print(f"Validation set, per class, model saved from epoch {best_epoch.epoch}:\n{report}")
+    # The last line sums up the saved model, like the 2018 README's results.
+    print(" - ".join(f"{name}: {best_epoch.metrics[name]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
 
 

@@ -1,0 +1,118 @@
+"""The model scripts keep the best epoch and the last, lower the learning rate and stop early."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from conftest import REPO, logged_scalars, make_images, own_stderr_lines, run_script
+from test_first_model import FINAL_LINE
+
+SCRIPTS = ["FirstModel", "SecondModel"]
+
+
+def epoch_val_losses(stdout):
+    """The val_loss Keras printed at the end of every epoch, in order."""
+    return [float(re.search(r" val_loss: (\d+\.\d+)", line).group(1))
+            for line in stdout.splitlines() if "/step - " in line]
+
+
+def saved_epoch(model_file):
+    with h5py.File(model_file, "r") as saved:
+        return int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
+
+
+@pytest.fixture
+def misleading_dataset(tmp_path):
+    """A validation set whose classes have each other's colours: val_loss rises as training learns."""
+    train_dir = make_images(tmp_path / "train", {"apple": 8, "berry": 8}, seed=1)
+    validation_dir = make_images(tmp_path / "validation", {"berry": 4, "apple": 4}, seed=2)
+    return train_dir, validation_dir
+
+
+def run_with_constants(script, constants, *args, cwd):
+    """Run script's main() with some of its top-of-file constants changed, as a user edits them."""
+    code = "\n".join([f"import {script}", *(f"{script}.{name} = {value!r}"
+                                           for name, value in constants.items()),
+                      f"{script}.main()"])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_saves_the_epoch_of_lowest_val_loss_and_the_last(script, small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    model_file = tmp_path / "model.h5"
+    result = run_script(f"{script}.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--epochs", 6, "--batch-size", 2, "--image-size", 32,
+                        "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert own_stderr_lines(result) == []
+
+    val_losses = epoch_val_losses(result.stdout)
+    assert len(val_losses) == 6
+    best = val_losses.index(min(val_losses)) + 1
+    epoch, metrics = saved_epoch(model_file)
+    assert epoch == best
+    assert f"model saved from epoch {best}:" in result.stdout
+    # The last line sums up the saved model: the best epoch's figures.
+    final = FINAL_LINE.match(result.stdout.strip().splitlines()[-1])
+    assert float(final.group(3)) == pytest.approx(min(val_losses), abs=1e-4)
+    assert float(final.group(4)) == pytest.approx(metrics["val_accuracy"], abs=1e-4)
+    for name in ("model.h5", "model.weights.h5", "model.last.h5", "model.last.weights.h5"):
+        assert (tmp_path / name).is_file()
+    # Training goes on from the last epoch, which has the optimizer's state.
+    with h5py.File(tmp_path / "model.last.h5", "r") as last:
+        assert int(last["optimizer_weights"]["adadelta"]["iteration"][()]) == 6 * 6
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_lowers_the_learning_rate_then_stops_when_val_loss_stops_falling(
+        script, misleading_dataset, tmp_path):
+    train_dir, validation_dir = misleading_dataset
+    result = run_with_constants(
+        script, {"REDUCE_LR_PATIENCE": 1, "EARLY_STOPPING_PATIENCE": 3},
+        "--train-dir", train_dir, "--validation-dir", validation_dir, "--epochs", 30,
+        "--batch-size", 2, "--image-size", 32, "--log-dir", tmp_path / "logs",
+        "--model-file", tmp_path / "model.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    val_losses = epoch_val_losses(result.stdout)
+    best = val_losses.index(min(val_losses)) + 1
+    # Three epochs without a lower val_loss after the best one, then no more.
+    assert len(val_losses) == best + 3 < 30
+    assert "Epoch 30/30" not in result.stdout
+    assert saved_epoch(tmp_path / "model.h5")[0] == best
+
+    [run] = (tmp_path / "logs").iterdir()
+    learning_rates = logged_scalars(run / "train")["epoch_learning_rate"]
+    # Halved after every epoch that did not beat the best.
+    assert learning_rates[0] == 1.0
+    assert min(learning_rates.values()) <= 0.25
+    assert all(math.log2(rate).is_integer() for rate in learning_rates.values())
+
+
+def test_a_resumed_run_replaces_the_saved_model_only_with_a_better_epoch(misleading_dataset, tmp_path):
+    script = "SecondModel"
+    train_dir, validation_dir = misleading_dataset
+    arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--batch-size", 2,
+                 "--image-size", 32, "--log-dir", tmp_path / "logs",
+                 "--model-file", tmp_path / "model.h5"]
+    first = run_script(f"{script}.py", *arguments, "--epochs", 2, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_script(f"{script}.py", *arguments, "--initial-epoch", 2, "--epochs", 5, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming {tmp_path / 'model.last.h5'} after epoch 2" in resumed.stdout
+
+    # The saved model is the best of all five epochs, before and after the resume.
+    val_losses = epoch_val_losses(first.stdout) + epoch_val_losses(resumed.stdout)
+    assert len(val_losses) == 5
+    epoch, metrics = saved_epoch(tmp_path / "model.h5")
+    assert epoch == val_losses.index(min(val_losses)) + 1
+    assert metrics["val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
