@@ -46,22 +46,54 @@ DATA_SETS = {
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0  # the validation split is the same for every run and seed
 
-# One change at a time from the 2018 settings. Keys: image_size, epochs,
-# augmentation (ImageDataGenerator settings replacing or adding to the script's),
-# reduce_lr (factor, patience), sampling ("class_weights" or "balanced").
+# The settings of the 2018 scripts, which every variant below changes one thing of.
+# reduce_lr is ReduceLROnPlateau's (factor, patience, min_lr) or None; sampling is
+# "shuffled" (every image once an epoch), "class_weights" (the same, the loss weighted by
+# largest class count / class count) or "balanced" (small classes repeated at random up
+# to the largest's count).
+SETTINGS_2018 = {
+    "FirstModel": {"image_size": 150, "batch_size": 1, "epochs": 50, "reduce_lr": None,
+                   "augmentation": {"shear_range": 0.2, "zoom_range": 0.2, "horizontal_flip": True},
+                   "sampling": "shuffled"},
+    "SecondModel": {"image_size": 150, "batch_size": 1, "epochs": 50, "reduce_lr": None,
+                    "augmentation": {}, "sampling": "class_weights"},
+}
+# ImageDataGenerator settings the scripts may set, by constant name.
+AUGMENTATION_CONSTANTS = ("ROTATION_RANGE", "WIDTH_SHIFT_RANGE", "HEIGHT_SHIFT_RANGE",
+                          "SHEAR_RANGE", "ZOOM_RANGE", "HORIZONTAL_FLIP", "BRIGHTNESS_RANGE")
+
+# One change at a time from the 2018 settings; "augmentation" adds to or replaces the
+# model's. "defaults" is what the scripts run with today, read from their constants.
 VARIANTS = {
     "2018": {},
-    "plateau": {"reduce_lr": (0.5, 5)},
+    "defaults": None,
+    "plateau": {"reduce_lr": (0.5, 5, 0.001)},
     "geometry": {"augmentation": {"rotation_range": 15, "width_shift_range": 0.1,
                                   "height_shift_range": 0.1}},
     "brightness": {"augmentation": {"brightness_range": (0.8, 1.2)}},
     "no-flip": {"augmentation": {"horizontal_flip": False}},
     "balanced": {"sampling": "balanced"},
     "size100": {"image_size": 100},
-    "plateau+geometry": {"reduce_lr": (0.5, 5),
+    "plateau+geometry": {"reduce_lr": (0.5, 5, 0.001),
                          "augmentation": {"rotation_range": 15, "width_shift_range": 0.1,
                                           "height_shift_range": 0.1}},
 }
+
+
+def run_settings(model, variant, script):
+    """The settings of one run: SETTINGS_2018 with the variant's change, or the script's own."""
+    if VARIANTS[variant] is None:
+        return {"image_size": script.IMAGE_SIZE, "batch_size": script.BATCH_SIZE,
+                "epochs": script.EPOCHS,
+                "reduce_lr": (script.REDUCE_LR_FACTOR, script.REDUCE_LR_PATIENCE,
+                              script.MIN_LEARNING_RATE),
+                "augmentation": {name.lower(): getattr(script, name)
+                                 for name in AUGMENTATION_CONSTANTS if hasattr(script, name)},
+                "sampling": SETTINGS_2018[model]["sampling"]}
+    settings = dict(SETTINGS_2018[model], **VARIANTS[variant])
+    settings["augmentation"] = {**SETTINGS_2018[model]["augmentation"],
+                                **VARIANTS[variant].get("augmentation", {})}
+    return settings
 
 
 def stratified_split(train_dir, class_names):
@@ -115,9 +147,9 @@ def run(args):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     script = __import__(args.model)
-    variant = VARIANTS[args.variant]
-    image_size = variant.get("image_size", script.IMAGE_SIZE)
-    epochs = variant.get("epochs", args.epochs)
+    settings = run_settings(args.model, args.variant, script)
+    image_size = settings["image_size"]
+    epochs = args.epochs or settings["epochs"]
     class_names = image_tools.class_names(str(data_dir / "train"), "training")
 
     (train_paths, train_labels), (validation_paths, validation_labels) = stratified_split(
@@ -128,24 +160,18 @@ def run(args):
         str(data_dir / "validation"), class_names, image_size, "test")
 
     keras.utils.set_random_seed(args.seed)
-    sampling = variant.get("sampling", "class_weights" if args.model == "SecondModel" else None)
     class_weights = None
-    if sampling == "class_weights":
+    if settings["sampling"] == "class_weights":
         counts = np.bincount(train_labels, minlength=len(class_names))
         class_weights = {index: counts.max() / count for index, count in enumerate(counts)}
-    elif sampling == "balanced":
+    elif settings["sampling"] == "balanced":
         train_images, train_labels = oversampled(train_images, train_labels, args.seed)
-
-    augmentation_settings = {}
-    if args.model == "FirstModel":
-        augmentation_settings = {"shear_range": script.SHEAR_RANGE, "zoom_range": script.ZOOM_RANGE,
-                                 "horizontal_flip": script.HORIZONTAL_FLIP}
-    augmentation_settings.update(variant.get("augmentation", {}))
-    augmentation = ImageDataGenerator(**augmentation_settings) if augmentation_settings else None
+    augmentation = (ImageDataGenerator(**settings["augmentation"])
+                    if settings["augmentation"] else None)
 
     num_classes = len(class_names)
     train_batches = image_tools.training_batches(
-        train_images, train_labels, num_classes, script.BATCH_SIZE, args.seed, augmentation)
+        train_images, train_labels, num_classes, settings["batch_size"], args.seed, augmentation)
     validation_batches = image_tools.validation_batches(
         validation_images, validation_labels, num_classes, 32)
     test_batches = image_tools.validation_batches(test_images, test_labels, num_classes, 32)
@@ -171,15 +197,15 @@ def run(args):
                   f"test_accuracy {test_accuracy:.4f} ({record['seconds'][-1]:.1f} s)", flush=True)
 
     callbacks = [Recorder()]
-    if "reduce_lr" in variant:
-        factor, patience = variant["reduce_lr"]
+    if settings["reduce_lr"]:
+        factor, patience, min_lr = settings["reduce_lr"]
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=factor, patience=patience, min_lr=1e-3))
+            monitor="val_loss", factor=factor, patience=patience, min_lr=min_lr))
     model.fit(train_batches, validation_data=validation_batches, epochs=epochs,
               class_weight=class_weights, shuffle=False, callbacks=callbacks, verbose=0)
 
     line = {"data": args.data, "model": args.model, "variant": args.variant, "seed": args.seed,
-            "image_size": image_size, "train_images": int(len(train_labels)),
+            "settings": settings, "train_images": int(len(train_labels)),
             "validation_images": int(len(validation_labels)), "test_images": int(len(test_labels)),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "threads": args.threads, **record}
@@ -256,7 +282,7 @@ def main():
     run_parser.add_argument("--model", choices=("FirstModel", "SecondModel"), required=True)
     run_parser.add_argument("--variant", choices=VARIANTS, default="2018")
     run_parser.add_argument("--seed", type=int, required=True)
-    run_parser.add_argument("--epochs", type=int, default=50)
+    run_parser.add_argument("--epochs", type=int, default=0, help="default: the variant's")
     run_parser.add_argument("--threads", type=int, default=0,
                             help="TensorFlow threads; 1 when two runs share 2 cores")
     run_parser.add_argument("--out", required=True, help="JSON lines file to append to")
