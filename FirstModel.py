@@ -36,7 +36,11 @@ EPOCHS = 50
 INITIAL_EPOCH = 0  # above 0, training resumes the model saved in MODEL_FILE
 LEARNING_RATE = 1.0  # Adadelta's default in Keras 2; Keras 3's default (0.001) barely learns
 DROPOUT = 0.5
-SHEAR_RANGE = 0.2
+# Augmentation, as ImageDataGenerator takes it.
+ROTATION_RANGE = 0  # degrees either way
+WIDTH_SHIFT_RANGE = 0.0  # fraction of the width, either way
+HEIGHT_SHIFT_RANGE = 0.0
+SHEAR_RANGE = 0.2  # degrees, as ImageDataGenerator reads it: a barely visible slant
 ZOOM_RANGE = 0.2
 HORIZONTAL_FLIP = True
 SEED = 2018
@@ -117,6 +121,9 @@ def main():
         image_tools.load_training_and_validation(
             args.train_dir, args.validation_dir, class_names, args.image_size))
     augmentation = ImageDataGenerator(
+        rotation_range=ROTATION_RANGE,
+        width_shift_range=WIDTH_SHIFT_RANGE,
+        height_shift_range=HEIGHT_SHIFT_RANGE,
         shear_range=SHEAR_RANGE,
         zoom_range=ZOOM_RANGE,
         horizontal_flip=HORIZONTAL_FLIP,
@@ -150,6 +157,9 @@ def main():
         **image_tools.training_hparams(args, model, class_names, train_labels),
         "conv_dropout": 0.0,
         "dense_dropout": DROPOUT,
+        "rotation_range": ROTATION_RANGE,
+        "width_shift_range": WIDTH_SHIFT_RANGE,
+        "height_shift_range": HEIGHT_SHIFT_RANGE,
         "shear_range": SHEAR_RANGE,
         "zoom_range": ZOOM_RANGE,
         "horizontal_flip": HORIZONTAL_FLIP,

@@ -225,6 +225,12 @@ def best_epoch(val_loss, epochs):
     return int(np.argmin(val_loss[:epochs])), epochs
 
 
+def best_accuracy_epoch(result, epochs):
+    """The epoch of highest val_accuracy within `epochs` epochs, the lower val_loss on a tie."""
+    scores = list(zip(result["val_accuracy"][:epochs], [-loss for loss in result["val_loss"][:epochs]]))
+    return scores.index(max(scores)), epochs
+
+
 def early_stopping(val_loss, epochs, patience):
     """Keras EarlyStopping(patience, restore_best_weights=True) within `epochs` epochs."""
     best, best_index = float("inf"), 0
@@ -237,11 +243,13 @@ def early_stopping(val_loss, epochs, patience):
 
 
 def picks(epochs):
-    yield f"last of {epochs}", lambda val_loss: last_epoch(val_loss, epochs)
-    yield f"best val_loss of {epochs}", lambda val_loss: best_epoch(val_loss, epochs)
+    """(name, pick(result) -> (epoch index, epochs trained)) of each way of picking the model."""
+    yield f"last of {epochs}", lambda result: last_epoch(result["val_loss"], epochs)
+    yield f"best val_loss of {epochs}", lambda result: best_epoch(result["val_loss"], epochs)
+    yield f"best val_accuracy of {epochs}", lambda result: best_accuracy_epoch(result, epochs)
     for patience in (5, 10, 15):
         yield (f"early stop {patience} of {epochs}",
-               lambda val_loss, patience=patience: early_stopping(val_loss, epochs, patience))
+               lambda result, patience=patience: early_stopping(result["val_loss"], epochs, patience))
 
 
 def mean_and_spread(values):
@@ -264,7 +272,7 @@ def summary(args):
             for pick_name, pick in picks(epochs):
                 tests, validations, epochs_run, minutes = [], [], [], []
                 for result in results:
-                    index, run_epochs = pick(result["val_loss"])
+                    index, run_epochs = pick(result)
                     tests.append(result["test_accuracy"][index])
                     validations.append(result["val_accuracy"][index])
                     epochs_run.append(run_epochs)
