@@ -45,11 +45,11 @@ ZOOM_RANGE = 0.2
 HORIZONTAL_FLIP = True
 SEED = 2018
 
-# Training control, measured in the README's "Generalisation" section: all on val_loss.
-REDUCE_LR_FACTOR = 0.5  # the learning rate is multiplied by this ...
-REDUCE_LR_PATIENCE = 5  # ... after this many epochs without a lower val_loss
-MIN_LEARNING_RATE = 0.001
-EARLY_STOPPING_PATIENCE = 15  # training stops after this many epochs without a lower val_loss
+# Training control on val_loss, measured in the README's "Generalisation" section; 0 is off.
+REDUCE_LR_PATIENCE = 0  # after this many epochs without a lower val_loss ...
+REDUCE_LR_FACTOR = 0.5  # ... the learning rate is multiplied by this,
+MIN_LEARNING_RATE = 0.001  # down to this
+EARLY_STOPPING_PATIENCE = 0  # training stops after this many epochs without a lower val_loss
 
 # TensorBoard: a confusion matrix of the validation set every this many epochs, and at the end.
 CONFUSION_MATRIX_EVERY = 10
@@ -139,7 +139,7 @@ def main():
     if args.initial_epoch > 0:
         model, best_epoch = image_tools.resume_run(
             args.model_file, args.image_size, len(class_names), compile_model)
-        print(f"Resuming {image_tools.last_epoch_file(args.model_file)} after epoch {args.initial_epoch}")
+        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
     else:
         model = build_model(args.image_size, len(class_names))
         compile_model(model)
@@ -173,42 +173,43 @@ def main():
     validation_report = image_tools.ValidationReport(
         run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
     stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
+    callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, best_epoch,
+                 stop_on_ctrl_c]
+    # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
+    if REDUCE_LR_PATIENCE:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=REDUCE_LR_FACTOR, patience=REDUCE_LR_PATIENCE,
+            min_lr=MIN_LEARNING_RATE))
+    if EARLY_STOPPING_PATIENCE:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
+                                                       patience=EARLY_STOPPING_PATIENCE))
     history = model.fit(
         train_batches,
         validation_data=validation_batches,
         epochs=args.epochs,
         initial_epoch=args.initial_epoch,
         shuffle=False,  # training_batches shuffles every epoch itself
-        callbacks=[
-            keras.callbacks.TensorBoard(log_dir=run_dir),
-            validation_report,
-            best_epoch,
-            # Smaller steps once val_loss stops falling, and no more epochs once it has
-            # not fallen for a while: both measured in the README.
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=REDUCE_LR_FACTOR, patience=REDUCE_LR_PATIENCE,
-                min_lr=MIN_LEARNING_RATE),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=EARLY_STOPPING_PATIENCE),
-            stop_on_ctrl_c,
-        ],
+        callbacks=callbacks,
         verbose=2,
     )
-    last_epoch = args.initial_epoch + len(history.epoch)
     if stop_on_ctrl_c.interrupted:
         # Keep what has been learnt so far, under a name that says so.
         image_tools.save_interrupted_run(model, args.model_file, class_names, best_epoch,
                                          stop_on_ctrl_c.completed_epochs, args.epochs)
 
-    # The last epoch is saved to resume from; the epoch of lowest val_loss, to use.
-    saved_files = image_tools.save_best_and_last(
-        model, args.model_file, class_names, best_epoch, last_epoch)
+    # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
+    last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
+    saved_files = image_tools.save_last_and_best(
+        model, args.model_file, class_names, best_epoch,
+        args.initial_epoch + len(history.epoch), last_metrics)
     print(f"Saved {', '.join(saved_files)}")
-    report = validation_report.finish(last_epoch, best_epoch)
-    print(f"Validation set, per class, model saved from epoch {best_epoch.epoch}:\n{report}")
-    # The last line sums up the saved model, like the 2018 README's results.
-    print(" - ".join(f"{name}: {best_epoch.metrics[name]:.4f}"
+    print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
+          f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as "
+          f"{image_tools.best_epoch_file(args.model_file)}")
+    print(f"Validation set, per class:\n{validation_report.report}")
+    # The last line sums the run up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
-
 
 if __name__ == "__main__":
     try:

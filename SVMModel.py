@@ -197,7 +197,6 @@ def main():
                             image_tools.draw_confusion_matrix(counts, class_names, "Validation set, SVM"),
                             step=0, description="Validation images by true class (rows) and predicted class (columns).")
     image_tools.log_text(run_log, "classification_report", report, step=0)
-    image_tools.log_saved_model_scores(run_log, validation_accuracy, step=0)
 
     # Save the fitted pipeline with what --predict needs to use it.
     image_tools.replace_atomically(args.model_file, lambda path: joblib.dump(

@@ -159,15 +159,14 @@ def check_training_settings(epochs, batch_size, image_size):
 
 
 def check_resume(model_file, initial_epoch, epochs):
-    """Check a request to resume the last epoch saved beside model_file, up to epochs."""
+    """Check a request to resume a saved model after initial_epoch, up to epochs."""
     if epochs <= initial_epoch:
         raise DataError(f"--epochs {epochs} must be above --initial-epoch {initial_epoch}: "
                         "--epochs is the epoch to stop after, not the number of epochs to add")
-    for path in (model_file, last_epoch_file(model_file)):
-        if initial_epoch > 0 and not os.path.isfile(path):
-            raise DataError(f"cannot resume: model file '{path}' does not exist; "
-                            "train from the start (--initial-epoch 0) or name the saved model "
-                            "with --model-file")
+    if initial_epoch > 0 and not os.path.isfile(model_file):
+        raise DataError(f"cannot resume: model file '{model_file}' does not exist; "
+                        "train from the start (--initial-epoch 0) or name the saved model "
+                        "with --model-file")
 
 
 def check_model_run(args):
@@ -509,18 +508,16 @@ def save_model(model, model_file, class_names, epoch=None, metrics=None):
     return weights_file
 
 
-def last_epoch_file(model_file):
-    """Where training saves its last epoch beside model_file (the best epoch): <name>.last.h5."""
-    return os.path.splitext(model_file)[0] + ".last.h5"
+def best_epoch_file(model_file):
+    """Where training saves its epoch of lowest val_loss, beside model_file: <name>.best.h5."""
+    return os.path.splitext(model_file)[0] + ".best.h5"
 
 
 class BestEpoch(keras.callbacks.Callback):
-    """Keep the weights of the epoch with the lowest val_loss: the model worth saving.
+    """Keep the weights of the epoch with the lowest val_loss, to save beside the last epoch.
 
-    On a few hundred images val_loss goes up and down from epoch to epoch, and the
-    last epoch is seldom the best. epoch counts from 1; metrics are Keras' logs of
-    that epoch. A resumed run starts from the saved best, so that it replaces it
-    only with a better epoch.
+    epoch counts from 1; metrics are Keras' logs of that epoch. A resumed run starts
+    from the best epoch saved before, so that it replaces it only with a better one.
     """
 
     def __init__(self, epoch=None, metrics=None, weights=None):
@@ -534,34 +531,38 @@ class BestEpoch(keras.callbacks.Callback):
 
 
 def resume_run(model_file, image_size, num_classes, compile_model):
-    """Go on with a run saved by save_best_and_last: (compiled model, BestEpoch so far).
+    """Go on with a run saved by save_last_and_best: (compiled model, BestEpoch so far).
 
-    The model is the last epoch saved beside model_file, with its optimizer state,
-    compiled by compile_model(model); the BestEpoch is the one saved as model_file.
+    The model is model_file's, with its optimizer state, compiled by
+    compile_model(model); the BestEpoch is the one saved beside it, if any.
     """
-    last_file = last_epoch_file(model_file)
-    model = load_model_to_resume(last_file, image_size, num_classes)
+    model = load_model_to_resume(model_file, image_size, num_classes)
     compile_model(model)
-    restore_optimizer_state(model, last_file)
-    best_model = load_model_to_resume(model_file, image_size, num_classes)
-    with h5py.File(model_file, "r") as saved:
+    restore_optimizer_state(model, model_file)
+    best_file = best_epoch_file(model_file)
+    if not os.path.isfile(best_file):
+        return model, BestEpoch()
+    best_model = load_model_to_resume(best_file, image_size, num_classes)
+    with h5py.File(best_file, "r") as saved:
         epoch = int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None
         metrics = json.loads(saved.attrs["metrics"]) if "metrics" in saved.attrs else None
-    return model, BestEpoch(epoch, metrics, best_model.get_weights())
+    return model, BestEpoch(epoch, metrics, best_model.get_weights()) if metrics else BestEpoch()
 
 
-def save_best_and_last(model, model_file, class_names, best_epoch, last_epoch):
-    """Save the last epoch as <name>.last.h5, to resume from, and the best as model_file, to use.
+def save_last_and_best(model, model_file, class_names, best_epoch, last_epoch, last_metrics):
+    """Save the last epoch as model_file, and the epoch of lowest val_loss as <name>.best.h5.
 
-    model holds the last epoch's weights (epoch last_epoch, counted from 1) and is
-    left with the best epoch's. Returns the two model files and their weights files.
+    model holds the last epoch's weights (epoch last_epoch, counted from 1, whose
+    Keras logs are last_metrics) and keeps them. Returns the files written.
     """
-    last_file = last_epoch_file(model_file)
-    saved = [last_file, save_model(model, last_file, class_names)]
+    saved = [model_file, save_model(model, model_file, class_names, last_epoch, last_metrics)]
     if best_epoch.weights is not None:
+        last_weights = model.get_weights()
         model.set_weights(best_epoch.weights)
-    saved += [model_file, save_model(model, model_file, class_names, best_epoch.epoch or last_epoch,
-                                     best_epoch.metrics)]
+        best_file = best_epoch_file(model_file)
+        saved += [best_file, save_model(model, best_file, class_names, best_epoch.epoch,
+                                        best_epoch.metrics)]
+        model.set_weights(last_weights)
     return saved
 
 
@@ -627,7 +628,7 @@ class StopOnCtrlC(keras.callbacks.Callback):
 def save_interrupted_run(model, model_file, class_names, best_epoch, completed_epochs, epochs):
     """After Ctrl-C: save the run so far as <name>.partial.h5 and exit, saying how to go on."""
     partial_file = os.path.splitext(model_file)[0] + ".partial.h5"
-    save_best_and_last(model, partial_file, class_names, best_epoch, completed_epochs)
+    save_last_and_best(model, partial_file, class_names, best_epoch, completed_epochs, None)
     script = os.path.basename(sys.argv[0])
     sys.exit(f"Interrupted after epoch {completed_epochs}; saved the model so far as "
              f"{partial_file}. To go on: python {script} --model-file {partial_file} "
@@ -776,55 +777,39 @@ def classification_report(counts, class_names):
 
 
 class ValidationReport(keras.callbacks.Callback):
-    """Log the validation set's confusion matrix every few epochs, and a report of the saved model.
+    """Log the validation set's confusion matrix every few epochs and, at the end, with a report.
 
-    batches are validation_batches(), in the order of labels. After training,
-    finish() logs the confusion matrix of the model as it is then (the best epoch,
-    once save_best_and_last has run) with per-class precision, recall and support
-    as a TensorBoard text, and returns that table.
+    batches are validation_batches(), in the order of labels. At the end of training
+    (after the last epoch, or a Ctrl-C) it also writes per-class precision, recall
+    and support as a TensorBoard text, and keeps that table in self.report.
     """
 
     def __init__(self, run_log, batches, labels, class_names, every):
         super().__init__()
         self.run_log, self.batches, self.labels = run_log, batches, labels
         self.class_names, self.every = class_names, every
+        self.last_epoch, self.counts, self.report = None, None, None
 
-    def _log_confusion_matrix(self, step, title):
+    def _log_confusion_matrix(self, epoch):
         predictions = self.model.predict(self.batches, verbose=0).argmax(axis=1)
-        counts = confusion_matrix(self.labels, predictions, len(self.class_names))
-        log_picture(self.run_log, "confusion_matrix", draw_confusion_matrix(
-            counts, self.class_names, title), step,
-            "Validation images by true class (rows) and predicted class (columns).")
-        return counts
+        self.counts = confusion_matrix(self.labels, predictions, len(self.class_names))
+        picture = draw_confusion_matrix(self.counts, self.class_names,
+                                        f"Validation set after epoch {epoch + 1}")
+        log_picture(self.run_log, "confusion_matrix", picture, epoch,
+                    "Validation images by true class (rows) and predicted class (columns).")
 
     def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
         if (epoch + 1) % self.every == 0:
-            self._log_confusion_matrix(epoch, f"Validation set after epoch {epoch + 1}")
+            self._log_confusion_matrix(epoch)
 
-    def finish(self, last_epoch, best_epoch):
-        """Log the saved model's confusion matrix, report and scores, at step last_epoch.
-
-        The model holds best_epoch's weights (a BestEpoch). Its validation accuracy
-        and loss go in saved_model/ scalars, the HParams dashboard's column to sort
-        runs by. Returns the report.
-        """
-        counts = self._log_confusion_matrix(
-            last_epoch, f"Validation set, model saved (epoch {best_epoch.epoch})")
-        report = classification_report(counts, self.class_names)
-        log_text(self.run_log, "classification_report", report, last_epoch)
-        log_saved_model_scores(self.run_log, best_epoch.metrics["val_accuracy"], last_epoch,
-                               best_epoch.metrics["val_loss"], best_epoch.epoch)
-        return report
-
-
-def log_saved_model_scores(run_log, val_accuracy, step, val_loss=None, epoch=None):
-    """The saved model's validation scores, as saved_model/ scalars of the run folder."""
-    with run_log.as_default():
-        tf.summary.scalar("saved_model/val_accuracy", val_accuracy, step=step)
-        if val_loss is not None:
-            tf.summary.scalar("saved_model/val_loss", val_loss, step=step)
-            tf.summary.scalar("saved_model/epoch", epoch, step=step)
-    run_log.flush()
+    def on_train_end(self, logs=None):
+        if self.last_epoch is None:
+            return  # stopped before the first epoch ended: nothing new to report
+        if (self.last_epoch + 1) % self.every != 0:
+            self._log_confusion_matrix(self.last_epoch)
+        self.report = classification_report(self.counts, self.class_names)
+        log_text(self.run_log, "classification_report", self.report, self.last_epoch)
 
 
 # --predict: classify new photos with a saved model.

@@ -86,7 +86,7 @@ def run_settings(model, variant, script):
         return {"image_size": script.IMAGE_SIZE, "batch_size": script.BATCH_SIZE,
                 "epochs": script.EPOCHS,
                 "reduce_lr": (script.REDUCE_LR_FACTOR, script.REDUCE_LR_PATIENCE,
-                              script.MIN_LEARNING_RATE),
+                              script.MIN_LEARNING_RATE) if script.REDUCE_LR_PATIENCE else None,
                 "augmentation": {name.lower(): getattr(script, name)
                                  for name in AUGMENTATION_CONSTANTS if hasattr(script, name)},
                 "sampling": SETTINGS_2018[model]["sampling"]}
@@ -242,14 +242,22 @@ def early_stopping(val_loss, epochs, patience):
     return best_index, epochs
 
 
+def stopped_epoch(val_loss, epochs, patience):
+    """Keras EarlyStopping(patience) keeping the epoch it stopped at."""
+    run_epochs = early_stopping(val_loss, epochs, patience)[1]
+    return run_epochs - 1, run_epochs
+
+
 def picks(epochs):
     """(name, pick(result) -> (epoch index, epochs trained)) of each way of picking the model."""
     yield f"last of {epochs}", lambda result: last_epoch(result["val_loss"], epochs)
     yield f"best val_loss of {epochs}", lambda result: best_epoch(result["val_loss"], epochs)
     yield f"best val_accuracy of {epochs}", lambda result: best_accuracy_epoch(result, epochs)
-    for patience in (5, 10, 15):
-        yield (f"early stop {patience} of {epochs}",
+    for patience in (10, 15):
+        yield (f"early stop {patience}, best of {epochs}",
                lambda result, patience=patience: early_stopping(result["val_loss"], epochs, patience))
+        yield (f"early stop {patience}, last of {epochs}",
+               lambda result, patience=patience: stopped_epoch(result["val_loss"], epochs, patience))
 
 
 def mean_and_spread(values):

@@ -147,11 +147,10 @@ def test_serves_augmented_images_and_confusion_matrices(tensorboard, logs):
     assert set(image_tags[runs["ClassImageAugmentationSample.py"][0]]) == {
         "before_and_after_augmentation/train", "before_and_after_augmentation/validation"}
 
-    # The confusion matrix every 10 epochs (steps count epochs from 0), and the saved
-    # model's once training is over.
+    # The confusion matrix every 10 epochs and after the last one (steps count epochs from 0).
     query = urllib.parse.urlencode({"run": first_model, "tag": "confusion_matrix"})
     matrices = tensorboard.get(f"/data/plugin/images/images?{query}")
-    assert [matrix["step"] for matrix in matrices] == [9, FIRST_MODEL_EPOCHS]
+    assert [matrix["step"] for matrix in matrices] == [9, FIRST_MODEL_EPOCHS - 1]
     picture = tensorboard.get(f"/data/plugin/images/individualImage?{matrices[-1]['query']}")
     assert picture.startswith(b"\x89PNG")
 
@@ -198,16 +197,15 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     assert sessions[first_model]["hparams"]["images_per_class"] == "apple 8, berry 4"
     assert sessions[first_model]["hparams"]["optimizer"] == "Adadelta"
     assert sessions[first_model]["hparams"]["epochs"] == FIRST_MODEL_EPOCHS
-    # The saved model's validation accuracy, as the script's last line printed it.
+    # The final validation accuracy, as the script's last line printed it.
     final_accuracy = float(first_stdout.strip().splitlines()[-1].rsplit("val_accuracy: ", 1)[1])
     values = {(metric["name"]["group"], metric["name"]["tag"]): metric["value"]
               for metric in sessions[first_model]["metricValues"]}
-    assert values[("", "saved_model/val_accuracy")] == pytest.approx(final_accuracy, abs=1e-4)
-    assert 1 <= values[("", "saved_model/epoch")] <= FIRST_MODEL_EPOCHS
+    assert values[("validation", "epoch_accuracy")] == pytest.approx(final_accuracy, abs=1e-4)
     # The SVM's validation accuracy sits in the same column.
     svm_values = {(metric["name"]["group"], metric["name"]["tag"]): metric["value"]
                   for metric in sessions[svm_model]["metricValues"]}
-    assert 0 <= svm_values[("", "saved_model/val_accuracy")] <= 1
+    assert 0 <= svm_values[("validation", "epoch_accuracy")] <= 1
 
 
 def test_confusion_matrix_and_report_count_right():

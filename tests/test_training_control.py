@@ -1,4 +1,4 @@
-"""The model scripts keep the best epoch and the last, lower the learning rate and stop early."""
+"""The model scripts keep the last epoch and the best, lower the learning rate and stop early."""
 
 import json
 import math
@@ -46,7 +46,7 @@ def run_with_constants(script, constants, *args, cwd):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_saves_the_epoch_of_lowest_val_loss_and_the_last(script, small_dataset, tmp_path):
+def test_saves_the_last_epoch_and_the_epoch_of_lowest_val_loss(script, small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / "model.h5"
     result = run_script(f"{script}.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
@@ -58,18 +58,20 @@ def test_saves_the_epoch_of_lowest_val_loss_and_the_last(script, small_dataset, 
     val_losses = epoch_val_losses(result.stdout)
     assert len(val_losses) == 6
     best = val_losses.index(min(val_losses)) + 1
+    # The model file is the last epoch, as in 2018, and the last line is its figures.
     epoch, metrics = saved_epoch(model_file)
-    assert epoch == best
-    assert f"model saved from epoch {best}:" in result.stdout
-    # The last line sums up the saved model: the best epoch's figures.
+    assert epoch == 6
     final = FINAL_LINE.match(result.stdout.strip().splitlines()[-1])
-    assert float(final.group(3)) == pytest.approx(min(val_losses), abs=1e-4)
+    assert float(final.group(3)) == pytest.approx(val_losses[-1], abs=1e-4)
     assert float(final.group(4)) == pytest.approx(metrics["val_accuracy"], abs=1e-4)
-    for name in ("model.h5", "model.weights.h5", "model.last.h5", "model.last.weights.h5"):
+    # The epoch of lowest val_loss is kept beside it.
+    best_epoch, best_metrics = saved_epoch(tmp_path / "model.best.h5")
+    assert best_epoch == best
+    assert best_metrics["val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
+    assert (f"Lowest val_loss: epoch {best}, val_loss {min(val_losses):.4f}, val_accuracy "
+            f"{best_metrics['val_accuracy']:.4f}, saved as {tmp_path / 'model.best.h5'}") in result.stdout
+    for name in ("model.weights.h5", "model.best.weights.h5"):
         assert (tmp_path / name).is_file()
-    # Training goes on from the last epoch, which has the optimizer's state.
-    with h5py.File(tmp_path / "model.last.h5", "r") as last:
-        assert int(last["optimizer_weights"]["adadelta"]["iteration"][()]) == 6 * 6
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -88,7 +90,8 @@ def test_lowers_the_learning_rate_then_stops_when_val_loss_stops_falling(
     # Three epochs without a lower val_loss after the best one, then no more.
     assert len(val_losses) == best + 3 < 30
     assert "Epoch 30/30" not in result.stdout
-    assert saved_epoch(tmp_path / "model.h5")[0] == best
+    assert saved_epoch(tmp_path / "model.best.h5")[0] == best
+    assert saved_epoch(tmp_path / "model.h5")[0] == len(val_losses)
 
     [run] = (tmp_path / "logs").iterdir()
     learning_rates = logged_scalars(run / "train")["epoch_learning_rate"]
@@ -98,7 +101,7 @@ def test_lowers_the_learning_rate_then_stops_when_val_loss_stops_falling(
     assert all(math.log2(rate).is_integer() for rate in learning_rates.values())
 
 
-def test_a_resumed_run_replaces_the_saved_model_only_with_a_better_epoch(misleading_dataset, tmp_path):
+def test_a_resumed_run_replaces_the_best_epoch_only_with_a_better_one(misleading_dataset, tmp_path):
     script = "SecondModel"
     train_dir, validation_dir = misleading_dataset
     arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--batch-size", 2,
@@ -108,11 +111,12 @@ def test_a_resumed_run_replaces_the_saved_model_only_with_a_better_epoch(mislead
     assert first.returncode == 0, first.stderr
     resumed = run_script(f"{script}.py", *arguments, "--initial-epoch", 2, "--epochs", 5, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"Resuming {tmp_path / 'model.last.h5'} after epoch 2" in resumed.stdout
+    assert f"Resuming {tmp_path / 'model.h5'} after epoch 2" in resumed.stdout
+    assert saved_epoch(tmp_path / "model.h5")[0] == 5
 
-    # The saved model is the best of all five epochs, before and after the resume.
+    # The best epoch kept is the best of all five, before and after the resume.
     val_losses = epoch_val_losses(first.stdout) + epoch_val_losses(resumed.stdout)
     assert len(val_losses) == 5
-    epoch, metrics = saved_epoch(tmp_path / "model.h5")
+    epoch, metrics = saved_epoch(tmp_path / "model.best.h5")
     assert epoch == val_losses.index(min(val_losses)) + 1
     assert metrics["val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
