@@ -178,8 +178,10 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     experiment = tensorboard.get("/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = {info["name"] for info in experiment["hparamInfos"]}
     assert {"script", "image_size", "batch_size", "epochs", "optimizer", "learning_rate",
-            "conv_dropout", "dense_dropout", "shear_range", "zoom_range", "horizontal_flip",
-            "class_weights", "train_dir", "images_per_class"} <= hparams
+            "conv_dropout", "dense_dropout", "rotation_range", "width_shift_range",
+            "height_shift_range", "shear_range", "zoom_range", "horizontal_flip",
+            "reduce_lr_patience", "early_stopping_patience", "class_weights", "train_dir",
+            "images_per_class"} <= hparams
     metrics = {(info["name"]["group"], info["name"]["tag"]) for info in experiment["metricInfos"]}
     assert {("validation", "epoch_accuracy"), ("validation", "epoch_loss")} <= metrics
 
@@ -196,6 +198,8 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     assert sessions[second_model]["hparams"]["class_weights"] is True
     assert sessions[first_model]["hparams"]["images_per_class"] == "apple 8, berry 4"
     assert sessions[first_model]["hparams"]["optimizer"] == "Adadelta"
+    assert sessions[first_model]["hparams"]["rotation_range"] == 15
+    assert sessions[second_model]["hparams"]["rotation_range"] == 0
     assert sessions[first_model]["hparams"]["epochs"] == FIRST_MODEL_EPOCHS
     # The final validation accuracy, as the script's last line printed it.
     final_accuracy = float(first_stdout.strip().splitlines()[-1].rsplit("val_accuracy: ", 1)[1])
