@@ -1,8 +1,11 @@
 """How well FirstModel and SecondModel do on photos no choice was made on: a measurement.
 
     python tests/benchmark_generalisation.py run --data sign_digits4 --model FirstModel \\
-        --variant 2018 --seed 1 --out generalisation.jsonl      # one run, about 12 minutes
+        --variant defaults --seed 1 --out generalisation.jsonl   # one run, 5 to 9 minutes
     python tests/benchmark_generalisation.py summary generalisation.jsonl
+
+The README's "Generalisation" tables come from seeds 1, 2 and 3 of each variant, run
+two at a time with --threads 1 on a 2-core machine.
 
 Three splits, so that the held-out score is honest:
 
@@ -12,12 +15,15 @@ Three splits, so that the held-out score is honest:
   training    the rest of train/
 
 A run trains one model with one variant of the settings (VARIANTS below: the
-2018 settings, and one change at a time) and one seed, using the scripts' own
-build_model and compile_model and the input pipeline of image_tools, and
-records every epoch's loss and accuracy on all three splits as one JSON line.
+2018 settings, the scripts' defaults today, and one change at a time from 2018)
+and one seed, using the scripts' own build_model and compile_model and the input
+pipeline of image_tools, and records every epoch's loss and accuracy on all
+three splits as one JSON line.
 `summary` then reads how each way of picking the model would have done on the
-test split, from the same runs: the last epoch, the epoch of lowest val_loss,
-early stopping with a patience, and fewer epochs.
+test split, from the same runs: the last epoch, the epoch of lowest val_loss
+or of highest val_accuracy, Keras' EarlyStopping replayed on the recorded
+val_loss (restoring the best epoch or keeping the one it stopped at), and fewer
+epochs.
 
 Data sets: "bundled" is data/ (shapes, imbalanced), "sign_digits4" is
 ../shared/datasets/sign_digits4 (hand photos, 4 classes), skipped with a
