@@ -213,6 +213,7 @@ def main():
     print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
 
+
 if __name__ == "__main__":
     try:
         main()
