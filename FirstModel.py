@@ -199,14 +199,8 @@ def main():
                                          stop_on_ctrl_c.completed_epochs, args.epochs)
 
     # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
-    last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
-    saved_files = image_tools.save_last_and_best(
-        model, args.model_file, class_names, best_epoch,
-        args.initial_epoch + len(history.epoch), last_metrics)
-    print(f"Saved {', '.join(saved_files)}")
-    print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
-          f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as "
-          f"{image_tools.best_epoch_file(args.model_file)}")
+    last_metrics = image_tools.save_finished_run(
+        model, args.model_file, class_names, best_epoch, history, args.initial_epoch)
     print(f"Validation set, per class:\n{validation_report.report}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {last_metrics[name]:.4f}"

@@ -566,6 +566,21 @@ def save_last_and_best(model, model_file, class_names, best_epoch, last_epoch, l
     return saved
 
 
+def save_finished_run(model, model_file, class_names, best_epoch, history, initial_epoch):
+    """save_last_and_best after model.fit, saying what was saved; returns the last epoch's logs.
+
+    history is fit's History; initial_epoch is the epoch the run started after.
+    """
+    last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
+    saved_files = save_last_and_best(model, model_file, class_names, best_epoch,
+                                     initial_epoch + len(history.epoch), last_metrics)
+    print(f"Saved {', '.join(saved_files)}")
+    print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
+          f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as "
+          f"{best_epoch_file(model_file)}")
+    return last_metrics
+
+
 def load_model_to_resume(model_file, image_size, num_classes):
     """The model saved in model_file, not compiled, checked against the data's shapes."""
     try:
