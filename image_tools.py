@@ -542,11 +542,12 @@ def resume_run(model_file, image_size, num_classes, compile_model):
     best_file = best_epoch_file(model_file)
     if not os.path.isfile(best_file):
         return model, BestEpoch()
-    best_model = load_model_to_resume(best_file, image_size, num_classes)
     with h5py.File(best_file, "r") as saved:
-        epoch = int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None
-        metrics = json.loads(saved.attrs["metrics"]) if "metrics" in saved.attrs else None
-    return model, BestEpoch(epoch, metrics, best_model.get_weights()) if metrics else BestEpoch()
+        if "metrics" not in saved.attrs:
+            return model, BestEpoch()
+        epoch, metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
+    best_weights = load_model_to_resume(best_file, image_size, num_classes).get_weights()
+    return model, BestEpoch(epoch, metrics, best_weights)
 
 
 def save_last_and_best(model, model_file, class_names, best_epoch, last_epoch, last_metrics):
