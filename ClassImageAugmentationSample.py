@@ -15,14 +15,12 @@ overwritten. Edit the constants below to change the targets or the augmentation.
 import argparse
 import os
 import sys
-import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
 
 import tensorflow as tf
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
-
-import image_tools
 
 TRAIN_DIR = "data/train"
 VALIDATION_DIR = "data/validation"
@@ -77,10 +75,15 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         if not originals:
             raise image_tools.DataError(f"class folder '{class_source}' has no readable images: "
                                           "replace the files warned about above")
+        # Each original is copied once, sub-folders and all (2019/a.jpg stays 2019/a.jpg);
+        # under another name if its own holds another image (a Random_0001.jpg from before).
         for name in originals:
-            # An image in a sub-folder, say 2019/a.jpg, is copied as 2019_a.jpg.
-            image_tools.copy_if_absent(os.path.join(class_source, name), class_output,
-                                         name.replace(os.sep, "_"))
+            source_path = os.path.join(class_source, name)
+            copy_folder = os.path.join(class_output, os.path.dirname(name))
+            os.makedirs(copy_folder, exist_ok=True)
+            copy_path = image_tools.copy_once(source_path, copy_folder, os.path.basename(name))
+            if copy_path and copy_path != os.path.join(class_output, name):
+                print(f"{source_path}: copied as {copy_path}, its name being taken by another image")
 
         count = len(image_tools.list_images(class_output))
         if count >= target:
@@ -106,6 +109,14 @@ def main():
     if args.train_target < 0 or args.validation_target < 0:
         raise image_tools.DataError("--train-target and --validation-target must be 0 or more")
     class_names, _, _ = image_tools.check_image_folders(args.train_dir, args.validation_dir)
+    # The balanced copy goes beside the originals, never among them (nor they in it).
+    for source_dir in (args.train_dir, args.validation_dir):
+        for role in ("train", "validation"):
+            source, output = Path(source_dir).resolve(), Path(args.output_dir, role).resolve()
+            if output.is_relative_to(source) or source.is_relative_to(output):
+                raise image_tools.DataError(
+                    f"--output-dir '{args.output_dir}' would put images in or over '{source_dir}': "
+                    "choose an output folder outside the training and validation folders")
     image_tools.check_log_folder(args.log_dir)
     augmentation = ImageDataGenerator(
         rotation_range=ROTATION_RANGE,
@@ -126,7 +137,7 @@ def main():
 
     # Before and after, side by side in TensorBoard: originals beside their copies.
     if grids:
-        run_dir = os.path.join(args.log_dir, time.strftime("ClassImageAugmentationSample-%Y%m%d-%H%M%S"))
+        run_dir = image_tools.new_run_folder(args.log_dir, "ClassImageAugmentationSample")
         run_log = tf.summary.create_file_writer(run_dir)
         for role, grid in grids.items():
             image_tools.log_picture(run_log, f"before_and_after_augmentation/{role}", grid, step=0,

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
 
 import joblib
 import numpy as np
@@ -28,8 +28,6 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-
-import image_tools
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -56,7 +54,10 @@ def parse_args():
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
     parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
-    parser.add_argument("--model-file", default=MODEL_FILE)
+    parser.add_argument("--model-file", default=MODEL_FILE,
+                        help="where the SVM is saved; --predict loads it: a .joblib file is a "
+                             "pickle that runs the code it holds, so load only models you made "
+                             "or trust")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--predict", metavar="PATH",
                         help="classify this image, or every image under this folder, with the "
@@ -128,6 +129,7 @@ def main():
         args.train_dir, args.validation_dir)
     image_tools.check_output_folder(args.model_file, suffix=".joblib")
     image_tools.check_log_folder(args.log_dir)
+    image_tools.check_seed(args.seed)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
@@ -175,7 +177,7 @@ def main():
     print(counts)
 
     # TensorBoard: the accuracies under the CNN runs' tag names, so that they sit side by side.
-    run_dir = os.path.join(args.log_dir, time.strftime("SVMModel-%Y%m%d-%H%M%S"))
+    run_dir = image_tools.new_run_folder(args.log_dir, "SVMModel")
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
     image_tools.log_hparams(run_log, run_dir, {
@@ -199,9 +201,9 @@ def main():
     image_tools.log_text(run_log, "classification_report", report, step=0)
 
     # Save the fitted pipeline with what --predict needs to use it.
-    image_tools.replace_atomically(args.model_file, lambda path: joblib.dump(
+    image_tools.write_atomically({args.model_file: lambda path: joblib.dump(
         {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
-         "image_size": IMAGE_SIZE}, path))
+         "image_size": IMAGE_SIZE}, path)})
     print(f"Saved {args.model_file}")
     # The last line sums the run up, like the CNN scripts' last line.
     print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - "

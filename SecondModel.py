@@ -12,18 +12,14 @@ Edit the constants below and run again; every run gets its own TensorBoard folde
 """
 
 import argparse
-import os
 import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
-
-import image_tools
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -61,7 +57,10 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
-    parser.add_argument("--model-file", default=MODEL_FILE, help="the weights go beside it")
+    parser.add_argument("--model-file", default=MODEL_FILE,
+                        help="where the model is saved, its weights beside it; --predict and "
+                             "--initial-epoch load it: a model file can run code, so load only "
+                             "models you made or trust")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--predict", metavar="PATH",
                         help="classify this image, or every image under this folder, with the "
@@ -145,7 +144,7 @@ def main():
 
     # One TensorBoard folder per run, so that runs can be told apart: Keras writes the
     # epoch scalars in its train/ and validation/ folders, the rest goes in the folder itself.
-    run_dir = os.path.join(args.log_dir, time.strftime("SecondModel-%Y%m%d-%H%M%S"))
+    run_dir = image_tools.new_run_folder(args.log_dir, "SecondModel")
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
     # The settings, for the HParams dashboard to set this run beside the others.
@@ -173,9 +172,7 @@ def main():
                                     args.seed, step=args.initial_epoch)
     validation_report = image_tools.ValidationReport(
         run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
-    stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
-    callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, best_epoch,
-                 stop_on_ctrl_c]
+    callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, best_epoch]
     # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
     if REDUCE_LR_PATIENCE:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -184,20 +181,29 @@ def main():
     if EARLY_STOPPING_PATIENCE:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
                                                        patience=EARLY_STOPPING_PATIENCE))
-    history = model.fit(
-        train_batches,
-        validation_data=validation_batches,
-        epochs=args.epochs,
-        initial_epoch=args.initial_epoch,
-        class_weight=class_weights,
-        shuffle=False,  # training_batches shuffles every epoch itself
-        callbacks=callbacks,
-        verbose=2,
-    )
+    # Last, so that it keeps each epoch as the others have left it.
+    stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
+    callbacks.append(stop_on_ctrl_c)
+    try:
+        history = model.fit(
+            train_batches,
+            validation_data=validation_batches,
+            epochs=args.epochs,
+            initial_epoch=args.initial_epoch,
+            shuffle=False,  # training_batches shuffles every epoch itself
+            class_weight=class_weights,
+            callbacks=callbacks,
+            verbose=2,
+        )
+    except image_tools.EpochInterrupted:
+        # Ctrl-C half-way through an epoch: the model goes back to the last complete epoch.
+        stop_on_ctrl_c.restore_last_epoch()
+        for callback in callbacks:
+            callback.on_train_end()  # as fit does at its end: close the logs, report
     if stop_on_ctrl_c.interrupted:
-        # Keep what has been learnt so far, under a name that says so.
-        image_tools.save_interrupted_run(model, args.model_file, class_names, best_epoch,
-                                         stop_on_ctrl_c.completed_epochs, args.epochs)
+        # Keep the complete epochs, under a name that says so, and say how to go on.
+        sys.exit(image_tools.save_interrupted_run(
+            model, args.model_file, class_names, best_epoch, stop_on_ctrl_c, sys.argv[0], vars(args)))
 
     # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
     last_metrics = image_tools.save_finished_run(

@@ -11,14 +11,11 @@ never overwritten: a second run adds new copies after the ones already there.
 import argparse
 import os
 import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
 
 import tensorflow as tf
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
-
-import image_tools
 
 IMAGE = "data/train/refImage.png"
 OUTPUT_DIR = "data/generated"
@@ -50,6 +47,8 @@ def main():
     args = parse_args()
     if args.count < 0:
         raise image_tools.DataError(f"--count {args.count} must be 0 or more")
+    if os.path.isdir(args.image):
+        raise image_tools.DataError(f"--image '{args.image}' is a folder: name one image file")
     if not os.path.isfile(args.image):
         raise image_tools.DataError(f"image '{args.image}' does not exist: name an image with --image")
     image_tools.check_log_folder(args.log_dir)
@@ -77,7 +76,7 @@ def main():
     print(f"Wrote {args.count} augmented copies of {args.image} to {args.output_dir}")
 
     # Before and after, side by side in TensorBoard.
-    run_dir = os.path.join(args.log_dir, time.strftime("UnitaryImageAugmentationSample-%Y%m%d-%H%M%S"))
+    run_dir = image_tools.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
     grid = image_tools.picture_grid(pictures, captions, columns=6)
     image_tools.log_picture(tf.summary.create_file_writer(run_dir), "before_and_after_augmentation",
                             grid, step=0, description=f"{args.image}, then its augmented copies.")

@@ -20,24 +20,81 @@ DataError, which the scripts print as one line.
 """
 
 import concurrent.futures
+import contextlib
+import hashlib
 import itertools
 import json
 import logging
 import math
 import os
+import re
+import secrets
+import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
-import h5py
-import keras
-import numpy as np
-import tensorflow as tf
-from PIL import Image, ImageDraw, ImageFont, ImageOps
-from tensorboard.plugins.hparams import api as hparams_api
+# Lines TensorFlow prints to stderr as it starts, which say nothing a user must act on.
+_START_UP_LINE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} "  # absl's information lines: CUDA drivers not found, CPU instructions, oneDNN
+    r"|To enable the following instructions:")  # the second line of the CPU instructions one
+
+
+def without_start_up_lines(text):
+    """text less TensorFlow's start-up lines; a real error stays.
+
+    Where no CUDA driver was found, TensorFlow's failed cuInit (an "E" line) only
+    says that there is no GPU, so it goes too; with a driver, it is a real error.
+    """
+    no_gpu_driver = "Could not find cuda drivers" in text
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not _START_UP_LINE.match(line)
+                   and not (no_gpu_driver and "failed call to cuInit" in line))
+
+
+@contextlib.contextmanager
+def _start_up_lines_hidden():
+    """Catch what is written on file descriptor 2 inside the block; print it less start-up lines."""
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no console, or a stream with no file
+        stderr_fd = None
+    if stderr_fd is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(stderr_fd)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), stderr_fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, stderr_fd)
+            os.close(saved_stderr)
+            caught.seek(0)
+            sys.stderr.write(without_start_up_lines(caught.read().decode(errors="replace")))
+            sys.stderr.flush()
+
+
+# TensorFlow starts here, for every script (they import this module before Keras): its C++
+# start-up lines, among them "failed call to cuInit" without a GPU, read like failures.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and no C++ information lines later
+with _start_up_lines_hidden():
+    import tensorflow as tf
+    tf.config.list_physical_devices("GPU")  # where TensorFlow looks for a GPU, and says so
+
+import h5py  # noqa: E402 (after TensorFlow's quiet start)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
+from tensorboard.plugins.hparams import api as hparams_api  # noqa: E402
 
 # The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
@@ -90,7 +147,16 @@ def class_names(data_dir, role):
     if not names:
         raise DataError(f"{role} folder '{data_dir}' has no class sub-folders: "
                         "put the images of each class in a sub-folder named after the class")
+    for name in names:
+        if name != readable_text(name):  # class names go into the model file and TensorBoard
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, readable_text(name))}' "
+                            "has a name that is not valid text (UTF-8): rename the folder")
     return names
+
+
+def readable_text(text):
+    """text as valid Unicode: a file name's bytes that are not UTF-8 become \ufffd."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def count_images(data_dir, names, role):
@@ -147,6 +213,8 @@ def check_log_folder(log_dir):
     """TensorBoard fails only once training starts when its folder cannot be made."""
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         raise DataError(f"--log-dir '{log_dir}' is a file, not a folder: choose another --log-dir")
+    if os.path.isdir(log_dir) and not os.access(log_dir, os.W_OK):
+        raise DataError(f"--log-dir '{log_dir}': no permission to write in it; choose another --log-dir")
 
 
 def check_training_settings(epochs, batch_size, image_size):
@@ -158,15 +226,29 @@ def check_training_settings(epochs, batch_size, image_size):
         raise DataError(f"--image-size {image_size} is too small: the network needs 22 pixels or more")
 
 
+def check_seed(seed):
+    """NumPy and TensorFlow take seeds from 0 to 2**32 - 1."""
+    if not 0 <= seed < 2 ** 32 - 100_000:  # room for the epoch the scripts add on resuming
+        raise DataError(f"--seed {seed} must be a whole number from 0 to {2 ** 32 - 100_001}")
+
+
 def check_resume(model_file, initial_epoch, epochs):
     """Check a request to resume a saved model after initial_epoch, up to epochs."""
+    if initial_epoch < 0:
+        raise DataError(f"--initial-epoch {initial_epoch} must be 0 (a new model) or more")
     if epochs <= initial_epoch:
         raise DataError(f"--epochs {epochs} must be above --initial-epoch {initial_epoch}: "
                         "--epochs is the epoch to stop after, not the number of epochs to add")
-    if initial_epoch > 0 and not os.path.isfile(model_file):
+    if initial_epoch == 0:
+        return
+    if not os.path.isfile(model_file):
         raise DataError(f"cannot resume: model file '{model_file}' does not exist; "
                         "train from the start (--initial-epoch 0) or name the saved model "
                         "with --model-file")
+    recorded = saved_epoch(model_file)
+    if recorded is not None and recorded != initial_epoch:
+        raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: it holds the "
+                        f"model after epoch {recorded}; use --initial-epoch {recorded}")
 
 
 def check_model_run(args):
@@ -178,6 +260,7 @@ def check_model_run(args):
     check_output_folder(args.model_file)
     check_log_folder(args.log_dir)
     check_training_settings(args.epochs, args.batch_size, args.image_size)
+    check_seed(args.seed)
     check_resume(args.model_file, args.initial_epoch, args.epochs)
     return folders
 
@@ -220,16 +303,36 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def _new_hidden_file(folder, name):
+    """Create a new, empty, hidden file in folder for name's data; returns its path.
+
+    open(..., "xb") gives it the permissions of any new file (those the umask
+    leaves, -rw-r--r-- as a rule), which it keeps when renamed or linked;
+    tempfile.mkstemp would make it readable by its owner alone.
+    """
+    stem, suffix = os.path.splitext(name)
+    if stem.endswith(".weights"):  # Keras saves weights only in files named *.weights.h5
+        suffix = ".weights" + suffix
+    while True:
+        path = os.path.join(folder, f".{name}.partial-{secrets.token_hex(4)}{suffix}")
+        try:
+            with open(path, "xb"):
+                return path
+        except FileExistsError:
+            continue
+
+
 def _publish(write, folder, names):
     """Write a file through write(file object) under the first of names that is free.
 
-    The data goes to a hidden temporary file first and is then hard-linked under
-    its name, so an existing file is never overwritten and a run killed half-way
-    never leaves half a file under a real name. Returns the path written.
+    The data goes to a hidden temporary file first, and only a whole file gets a
+    real name, never an existing file's: a hard link where the filesystem has
+    them, or else a rename onto a new empty file claimed by an exclusive create.
+    Returns the path written.
     """
-    descriptor, temp_path = tempfile.mkstemp(dir=folder, prefix=".partial-")
+    temp_path = _new_hidden_file(folder, "new")
     try:
-        with os.fdopen(descriptor, "wb") as temp_file:
+        with open(temp_path, "wb") as temp_file:
             write(temp_file)
         for name in names:
             path = os.path.join(folder, name)
@@ -238,9 +341,20 @@ def _publish(write, folder, names):
                 return path
             except FileExistsError:
                 continue
+            except (OSError, AttributeError, NotImplementedError):
+                pass  # no hard links here (FAT and exFAT drives, some network shares)
+            with _ctrl_c_held_off():  # never an empty file left under the name
+                try:
+                    with open(path, "xb"):  # the name is ours from here on
+                        pass
+                except FileExistsError:
+                    continue
+                os.replace(temp_path, path)
+            return path
         return None
     finally:
-        os.unlink(temp_path)
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
 
 
 def save_new_jpeg(image, folder, prefix):
@@ -249,14 +363,29 @@ def save_new_jpeg(image, folder, prefix):
     return _publish(lambda file: image.save(file, format="JPEG", quality=95), folder, numbered_names)
 
 
-def copy_if_absent(source_path, folder, name):
-    """Copy a file into folder as name unless that name is taken; True if copied."""
-    def write(file):
-        with open(source_path, "rb") as source:
-            shutil.copyfileobj(source, file)
-    if os.path.exists(os.path.join(folder, name)):
-        return False
-    return _publish(write, folder, [name]) is not None
+def copy_once(source_path, folder, name):
+    """Copy a file into folder as name, unless a file of the same bytes is there already.
+
+    If name holds another file, the copy goes under the first free one of
+    '<stem>_2<ext>', '<stem>_3<ext>', ..., or is found there from an earlier copy.
+    Returns the path written, or None if the copy was there already; an existing
+    file is never overwritten.
+    """
+    stem, extension = os.path.splitext(name)
+    with open(source_path, "rb") as source:
+        digest = hashlib.file_digest(source, "sha256").digest()
+        for number in itertools.count(1):
+            candidate = name if number == 1 else f"{stem}_{number}{extension}"
+            path = os.path.join(folder, candidate)
+            if not os.path.exists(path):
+                break
+            with open(path, "rb") as existing:
+                if hashlib.file_digest(existing, "sha256").digest() == digest:
+                    return None
+        source.seek(0)
+        free_names = itertools.chain([candidate], (f"{stem}_{later}{extension}"
+                                                   for later in itertools.count(number + 1)))
+        return _publish(lambda file: shutil.copyfileobj(source, file), folder, free_names)
 
 
 def load_image(path, image_size):
@@ -287,8 +416,10 @@ def read_images(paths, image_size):
         except Exception as error:  # any file that does not decode is skipped, whatever the reason
             return why_unreadable(paths[position], error)
 
-    # Pillow decodes and resizes outside Python's global lock, so threads use every core.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+    # Pillow decodes and resizes outside Python's global lock, so threads use every core
+    # (os.process_cpu_count, new in Python 3.13, counts those this process may use).
+    cores = (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=cores) as pool:
         problems = list(pool.map(load_into, range(len(paths))))
     for path, problem in zip(paths, problems):
         if problem:
@@ -468,32 +599,68 @@ def augment(images, augmentation, seed):
     return transformed
 
 
-def replace_atomically(path, save):
-    """Write path through save(temporary path), then rename the result over path.
-
-    The temporary file is hidden in the same folder: a crash or Ctrl-C while saving
-    leaves the previous file whole, never a truncated one.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
-    descriptor, temp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.partial-", suffix=suffix)
-    os.close(descriptor)
+@contextlib.contextmanager
+def _ctrl_c_held_off():
+    """Ctrl-C is ignored inside the block, which must not be cut half-way (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        save(temp_path)
-        os.replace(temp_path, path)
+        yield
     finally:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
+        signal.signal(signal.SIGINT, previous_handler)
 
 
-def save_model(model, model_file, class_names, epoch=None, metrics=None):
-    """Save model as model_file, with class_names, and its weights beside it as <name>.weights.h5.
+def write_atomically(saves):
+    """Write a set of files, each through its save(temporary path), then put them all in place.
+
+    saves is {path: save}. Every file is first written whole under a hidden name
+    in its own folder; only then are they renamed over their paths, one right
+    after the other, with Ctrl-C held off: a crash or Ctrl-C while saving leaves
+    the previous set whole, never a truncated file or a mix of old and new.
+    """
+    temp_paths = {}
+    with _ctrl_c_held_off():
+        try:
+            for path, save in saves.items():
+                folder, name = os.path.split(os.path.abspath(path))
+                temp_paths[path] = _new_hidden_file(folder, name)
+                save(temp_paths[path])
+            for path, temp_path in temp_paths.items():
+                os.replace(temp_path, path)
+        finally:
+            for temp_path in temp_paths.values():
+                if os.path.exists(temp_path):
+                    os.unlink(temp_path)
+
+
+def weights_file(model_file):
+    """Where the weights of the model in model_file go: <name>.weights.h5 beside it."""
+    return os.path.splitext(model_file)[0] + ".weights.h5"
+
+
+def model_saves(model, model_file, class_names, epoch=None, metrics=None, weights=None):
+    """write_atomically's {path: save} for model as model_file, with its weights beside it.
 
     The class names go in the .h5 file's attributes, so that --predict can name
     the classes without the training folders, and so do the epoch the weights
-    come from and its metrics (loss, val_loss, ...), when given. Returns the
-    weights file's path.
+    come from and its metrics (loss, val_loss, ...), when given. weights, if
+    given, are saved instead of the model's own, which it keeps.
     """
+    def with_weights(save):
+        if weights is None:
+            return save
+
+        def save_with_weights(path):
+            own_weights = model.get_weights()
+            model.set_weights(weights)
+            try:
+                save(path)
+            finally:
+                model.set_weights(own_weights)
+        return save_with_weights
+
     def save_with_class_names(path):
         model.save(path)
         with h5py.File(path, "a") as saved:
@@ -502,10 +669,15 @@ def save_model(model, model_file, class_names, epoch=None, metrics=None):
                 saved.attrs["epoch"] = epoch
                 saved.attrs["metrics"] = json.dumps(metrics)
 
-    weights_file = os.path.splitext(model_file)[0] + ".weights.h5"
-    replace_atomically(model_file, save_with_class_names)
-    replace_atomically(weights_file, model.save_weights)
-    return weights_file
+    return {model_file: with_weights(save_with_class_names),
+            weights_file(model_file): with_weights(model.save_weights)}
+
+
+def save_model(model, model_file, class_names, epoch=None, metrics=None):
+    """Save model as model_file, with class_names, and its weights beside it; returns both paths."""
+    saves = model_saves(model, model_file, class_names, epoch, metrics)
+    write_atomically(saves)
+    return list(saves)
 
 
 def best_epoch_file(model_file):
@@ -525,7 +697,9 @@ class BestEpoch(keras.callbacks.Callback):
         self.epoch, self.metrics, self.weights = epoch, metrics, weights
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.metrics is None or logs["val_loss"] < self.metrics["val_loss"]:
+        # A NaN val_loss is never best, and a NaN kept from before is beaten by any number.
+        if math.isfinite(logs["val_loss"]) and (
+                self.metrics is None or not logs["val_loss"] >= self.metrics.get("val_loss", math.nan)):
             self.epoch, self.weights = epoch + 1, self.model.get_weights()
             self.metrics = {name: float(value) for name, value in logs.items()}
 
@@ -542,10 +716,14 @@ def resume_run(model_file, image_size, num_classes, compile_model):
     best_file = best_epoch_file(model_file)
     if not os.path.isfile(best_file):
         return model, BestEpoch()
-    with h5py.File(best_file, "r") as saved:
-        if "metrics" not in saved.attrs:
-            return model, BestEpoch()
-        epoch, metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
+    try:
+        with h5py.File(best_file, "r") as saved:
+            if "metrics" not in saved.attrs:
+                return model, BestEpoch()
+            epoch, metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
+    except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
+        raise DataError(f"cannot resume: the best epoch '{best_file}' is damaged ({error}); "
+                        "move it away to resume without it") from None
     best_weights = load_model_to_resume(best_file, image_size, num_classes).get_weights()
     return model, BestEpoch(epoch, metrics, best_weights)
 
@@ -554,17 +732,15 @@ def save_last_and_best(model, model_file, class_names, best_epoch, last_epoch, l
     """Save the last epoch as model_file, and the epoch of lowest val_loss as <name>.best.h5.
 
     model holds the last epoch's weights (epoch last_epoch, counted from 1, whose
-    Keras logs are last_metrics) and keeps them. Returns the files written.
+    Keras logs are last_metrics) and keeps them. All four files are replaced
+    together (write_atomically). Returns the files written.
     """
-    saved = [model_file, save_model(model, model_file, class_names, last_epoch, last_metrics)]
+    saves = model_saves(model, model_file, class_names, last_epoch, last_metrics)
     if best_epoch.weights is not None:
-        last_weights = model.get_weights()
-        model.set_weights(best_epoch.weights)
-        best_file = best_epoch_file(model_file)
-        saved += [best_file, save_model(model, best_file, class_names, best_epoch.epoch,
-                                        best_epoch.metrics)]
-        model.set_weights(last_weights)
-    return saved
+        saves.update(model_saves(model, best_epoch_file(model_file), class_names, best_epoch.epoch,
+                                 best_epoch.metrics, weights=best_epoch.weights))
+    write_atomically(saves)
+    return list(saves)
 
 
 def save_finished_run(model, model_file, class_names, best_epoch, history, initial_epoch):
@@ -576,10 +752,23 @@ def save_finished_run(model, model_file, class_names, best_epoch, history, initi
     saved_files = save_last_and_best(model, model_file, class_names, best_epoch,
                                      initial_epoch + len(history.epoch), last_metrics)
     print(f"Saved {', '.join(saved_files)}")
-    print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
-          f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as "
-          f"{best_epoch_file(model_file)}")
+    if best_epoch.weights is None:
+        print("No epoch had a val_loss that is a number: no best epoch saved")
+    else:
+        print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
+              f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as "
+              f"{best_epoch_file(model_file)}")
     return last_metrics
+
+
+def saved_epoch(model_file):
+    """The epoch recorded in model_file by save_last_and_best, or None if it records none."""
+    try:
+        with h5py.File(model_file, "r") as saved:
+            return int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None
+    except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
+        raise DataError(f"cannot resume: '{model_file}' is not a Keras model saved by these "
+                        f"scripts ({error}); name another with --model-file") from None
 
 
 def load_model_to_resume(model_file, image_size, num_classes):
@@ -611,18 +800,29 @@ def restore_optimizer_state(model, model_file):
             model.optimizer.set_weights([state[name][()] for name in state.attrs["weight_names"]])
 
 
+class EpochInterrupted(Exception):
+    """Ctrl-C during an epoch's training steps: fit is left before the epoch is validated or logged."""
+
+
 class StopOnCtrlC(keras.callbacks.Callback):
-    """Turn Ctrl-C during fit into a clean stop after the current batch.
+    """Turn Ctrl-C during fit into a clean stop that keeps complete epochs only.
 
     A KeyboardInterrupt raised at any point inside TensorFlow can be lost or leave
-    it half-way through a step; instead the first Ctrl-C asks fit to stop, which it
-    checks after every batch. A second Ctrl-C interrupts at once.
+    it half-way through a step; instead the first Ctrl-C is noted, and:
+    - during an epoch's training steps, the next step's end raises EpochInterrupted,
+      so that Keras neither validates nor logs the half epoch; restore_last_epoch()
+      then puts back the weights and optimizer state of the last complete epoch;
+    - during validation, the epoch is complete: it ends as usual, then fit stops.
+    A second Ctrl-C interrupts at once. Put this callback last, after any that
+    change the optimizer at the end of an epoch (ReduceLROnPlateau).
     """
 
     def __init__(self, initial_epoch):
         super().__init__()
         self.completed_epochs = initial_epoch
+        self.last_epoch_logs = None
         self.interrupted = False
+        self._last_epoch_state = None
 
     def on_train_begin(self, logs=None):
         signal.signal(signal.SIGINT, self.request_stop)
@@ -631,24 +831,88 @@ class StopOnCtrlC(keras.callbacks.Callback):
         self.interrupted = True
         self.model.stop_training = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nStopping after this batch; Ctrl-C again quits without saving.", flush=True)
+        print("\nCtrl-C: stopping; the epochs completed so far will be saved. "
+              "Ctrl-C again quits without saving.", flush=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            raise EpochInterrupted
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.interrupted:
-            self.completed_epochs = epoch + 1
+        self.completed_epochs, self.last_epoch_logs = epoch + 1, dict(logs)
+        self._last_epoch_state = (self.model.get_weights(),
+                                  [variable.numpy() for variable in self.model.optimizer.variables])
+
+    def restore_last_epoch(self):
+        """Back to the weights and optimizer state at the end of the last complete epoch, if any."""
+        if self._last_epoch_state is not None:
+            weights, optimizer_state = self._last_epoch_state
+            self.model.set_weights(weights)
+            for variable, value in zip(self.model.optimizer.variables, optimizer_state):
+                variable.assign(value)
 
     def on_train_end(self, logs=None):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def save_interrupted_run(model, model_file, class_names, best_epoch, completed_epochs, epochs):
-    """After Ctrl-C: save the run so far as <name>.partial.h5 and exit, saying how to go on."""
-    partial_file = os.path.splitext(model_file)[0] + ".partial.h5"
-    save_last_and_best(model, partial_file, class_names, best_epoch, completed_epochs, None)
-    script = os.path.basename(sys.argv[0])
-    sys.exit(f"Interrupted after epoch {completed_epochs}; saved the model so far as "
-             f"{partial_file}. To go on: python {script} --model-file {partial_file} "
-             f"--initial-epoch {completed_epochs} --epochs {epochs}")
+def partial_file(model_file):
+    """Where an interrupted run is saved, beside model_file: <name>.partial.h5."""
+    return os.path.splitext(model_file)[0] + ".partial.h5"
+
+
+def command_line(script, options):
+    """The command that runs script with options, quoted for this system's shell.
+
+    options is {name: value} as argparse keeps them ("model_file" for --model-file);
+    those that are None are left out.
+    """
+    words = ["python", script] + [str(word) for name, value in options.items() if value is not None
+                                  for word in (f"--{name.replace('_', '-')}", value)]
+    return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
+
+
+def save_interrupted_run(model, model_file, class_names, best_epoch, stop_on_ctrl_c, script, options):
+    """After Ctrl-C: save the complete epochs as <name>.partial.h5; returns what to tell the user.
+
+    model holds the last complete epoch (StopOnCtrlC.restore_last_epoch). script
+    and options (the run's flags, as command_line takes them) make the command
+    printed to go on: every setting of this run, with the model to resume.
+    """
+    initial_epoch, completed = options["initial_epoch"], stop_on_ctrl_c.completed_epochs
+    if completed == initial_epoch:
+        if initial_epoch == 0:
+            return ("Interrupted before the end of epoch 1; nothing saved. To start again: "
+                    + command_line(script, options))
+        return (f"Interrupted before the end of epoch {completed + 1}; nothing new to save: "
+                f"{model_file} still holds epoch {completed}. To go on: "
+                + command_line(script, options))
+    saved_file = partial_file(model_file)
+    saved_files = save_last_and_best(model, saved_file, class_names, best_epoch, completed,
+                                     stop_on_ctrl_c.last_epoch_logs)
+    best = "" if best_epoch.weights is None else f" (lowest val_loss: epoch {best_epoch.epoch})"
+    go_on = command_line(script, {**options, "model_file": saved_file, "initial_epoch": completed})
+    return f"Interrupted after epoch {completed}; saved {', '.join(saved_files)}{best}. To go on: {go_on}"
+
+
+def new_run_folder(log_dir, name):
+    """Make and return a new TensorBoard run folder, <log_dir>/<name>-<date>-<time>.
+
+    os.mkdir makes a folder or fails if it exists, in one step, so that two runs
+    started in the same second (a sweep in a shell loop) never share one: the
+    second gets -2 after the time, the third -3, and so on.
+    """
+    stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        for folder in itertools.chain([stamp], (f"{stamp}-{number}" for number in itertools.count(2))):
+            try:
+                os.mkdir(os.path.join(log_dir, folder))
+                return os.path.join(log_dir, folder)
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise DataError(f"cannot make a TensorBoard run folder in '{log_dir}' "
+                        f"({error.strerror or error}): choose another --log-dir") from None
 
 
 # TensorBoard: Keras writes each epoch's scalars in <run>/train and <run>/validation;
@@ -660,8 +924,10 @@ def log_hparams(run_log, run_dir, hparams):
     run_log is the summary writer of the folder run_dir; the dashboard shows the last
     value of every scalar of the run's train/ and validation/ folders beside the settings.
     """
+    hparams = {name: readable_text(value) if isinstance(value, str) else value
+               for name, value in hparams.items()}  # folder names may hold any bytes
     with run_log.as_default():
-        hparams_api.hparams(hparams, trial_id=os.path.basename(run_dir))
+        hparams_api.hparams(hparams, trial_id=readable_text(os.path.basename(run_dir)))
     run_log.flush()
 
 
@@ -876,7 +1142,11 @@ def predict_with_saved_model(model_file, path):
     if not os.path.isfile(model_file):
         raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
     class_names = load_class_names(model_file)
-    model = keras.models.load_model(model_file, compile=False)
+    try:
+        model = keras.models.load_model(model_file, compile=False)
+    except Exception as error:  # h5py and Keras raise many kinds on a damaged model file
+        raise DataError(f"cannot load the model in '{model_file}' ({type(error).__name__}: "
+                        f"{error}): train it again, or name another with --model-file") from None
     images, paths = read_images_to_predict(paths, model.input_shape[1])
     # The training preprocessing: resized as above, then rescaled as in training.
     probabilities = model.predict(network_input(images), batch_size=32, verbose=0)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import image_tools
-from conftest import make_images, own_stderr_lines, run_script
+from conftest import make_images, stderr_lines, run_script
 
 RED = (200, 30, 30)
 
@@ -180,7 +180,7 @@ def test_models_train_past_broken_files_in_messy_folders(script, tmp_path):
                         "--model-file", tmp_path / "model.h5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    warnings = [line for line in own_stderr_lines(result) if line.startswith("warning: ")]
+    warnings = [line for line in stderr_lines(result) if line.startswith("warning: ")]
     assert [line.split("'")[1] for line in warnings[:-1]] == [
         str(train_dir / "été" / name) for name in broken]
     assert warnings[-1] == "warning: skipped 4 of 14 training images that could not be read"

@@ -4,7 +4,7 @@ import hashlib
 
 from PIL import Image
 
-from conftest import make_images, own_stderr_lines, run_script
+from conftest import assert_one_line_error, make_images, run_script, stderr_lines
 
 
 def snapshot(folder):
@@ -75,9 +75,50 @@ def test_unreadable_originals_are_skipped_with_a_warning(tmp_path):
 
     result = balance(tmp_path, train_dir, validation_dir)
     assert result.returncode == 0, result.stderr
-    assert own_stderr_lines(result) == [
+    assert stderr_lines(result) == [
         f"warning: cannot read image '{train_dir / 'berry' / 'broken.jpg'}': "
         "not an image that Pillow can read; skipped"]
     berries = sorted(path.name for path in (tmp_path / "generated" / "train" / "berry").iterdir())
     assert len(berries) == 6 and "broken.jpg" not in berries
     assert (train_dir / "berry" / "broken.jpg").read_bytes() == b"\xff\xd8\xff not really a JPEG"
+
+
+def test_never_loses_an_original_whatever_its_name(tmp_path):
+    train_dir = make_images(tmp_path / "train", {"apple": 2, "berry": 2})
+    validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 1})
+    apples = train_dir / "apple"
+    # A sub-folder image and a flat one that flattening would name alike, and an original
+    # named like the generated copies, added after a first run generated Random_0001.jpg.
+    (apples / "2019").mkdir()
+    (apples / "apple_000.png").rename(apples / "2019" / "a.jpg")
+    (apples / "apple_001.jpg").rename(apples / "2019_a.jpg")
+    assert balance(tmp_path, train_dir, validation_dir).returncode == 0
+    generated = tmp_path / "generated" / "train" / "apple"
+    assert (generated / "Random_0001.jpg").is_file()
+    make_images(tmp_path / "later", {"apple": 1}, seed=7)
+    (tmp_path / "later" / "apple" / "apple_000.png").rename(apples / "Random_0001.jpg")
+
+    result = balance(tmp_path, train_dir, validation_dir, "--train-target", 8)
+    assert result.returncode == 0, result.stderr
+    assert f"copied as {generated / 'Random_0001_2.jpg'}" in result.stdout
+    originals = {path.read_bytes() for path in apples.rglob("*") if path.is_file()}
+    balanced = [path.read_bytes() for path in generated.rglob("*") if path.is_file()]
+    assert len(originals) == 3 and originals <= set(balanced) and len(balanced) == 8
+    assert (generated / "2019" / "a.jpg").read_bytes() == (apples / "2019" / "a.jpg").read_bytes()
+    # A third run finds every original copied, and adds nothing.
+    before = snapshot(tmp_path / "generated")
+    assert balance(tmp_path, train_dir, validation_dir, "--train-target", 8).returncode == 0
+    assert snapshot(tmp_path / "generated") == before
+
+
+def test_output_folder_among_the_originals_is_refused(tmp_path):
+    train_dir = make_images(tmp_path / "data" / "train", {"apple": 2, "berry": 2})
+    validation_dir = make_images(tmp_path / "data" / "validation", {"apple": 1, "berry": 1})
+    originals = snapshot(tmp_path / "data")
+    for output_dir in (train_dir / "balanced", tmp_path / "data", validation_dir / "apple"):
+        result = run_script("ClassImageAugmentationSample.py", "--train-dir", train_dir,
+                            "--validation-dir", validation_dir, "--output-dir", output_dir,
+                            cwd=tmp_path)
+        assert_one_line_error(result, f"--output-dir '{output_dir}'",
+                              "choose an output folder outside the training and validation folders")
+    assert snapshot(tmp_path / "data") == originals

@@ -4,7 +4,10 @@ import re
 import subprocess
 import sys
 
-from conftest import logged_scalars, own_stderr_lines, run_script
+import keras
+import numpy as np
+
+from conftest import REPO, logged_scalars, run_script, stderr_lines
 
 FINAL_LINE = re.compile(
     r"^loss: (\d+\.\d+) - accuracy: (\d+\.\d+) - val_loss: (\d+\.\d+) - val_accuracy: (\d+\.\d+)$")
@@ -29,8 +32,8 @@ def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
         "--epochs", 3, "--batch-size", 2, "--image-size", 32, "--log-dir", tmp_path / "logs",
         "--model-file", tmp_path / "models" / "first.h5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # Nothing on stderr but TensorFlow's start-up lines: no warnings for the user to puzzle over.
-    assert own_stderr_lines(result) == []
+    # Nothing on stderr, not even TensorFlow's start-up lines: nothing for the user to puzzle over.
+    assert stderr_lines(result) == []
 
     # Every training image once per epoch: 12 images at batch size 2 are 6 steps.
     assert "6/6" in result.stdout
@@ -50,3 +53,26 @@ def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
     assert sorted(train_scalars["epoch_accuracy"]) == [0, 1, 2]
     assert sorted(validation_scalars["epoch_accuracy"]) == [0, 1, 2]
     assert validation_scalars["epoch_accuracy"][2] == float(final.group(4))
+
+
+def test_resumes_the_saved_model_not_a_new_one(small_dataset, tmp_path):
+    """A model whose weights are all zero stays so when trained: a ReLU network with no signal
+    has no gradient but for the last bias. A resumed run that built a new model would not."""
+    sys.path.insert(0, str(REPO))
+    import FirstModel
+    import image_tools
+
+    train_dir, validation_dir = small_dataset
+    model = FirstModel.build_model(32, 2)
+    FirstModel.compile_model(model)
+    model.set_weights([np.zeros_like(weights) for weights in model.get_weights()])
+    image_tools.save_model(model, str(tmp_path / "zero.h5"), ["apple", "berry"], epoch=1, metrics={})
+
+    result = run_script("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--initial-epoch", 1, "--epochs", 2, "--batch-size", 2, "--image-size", 32,
+                        "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "zero.h5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout
+    resumed = keras.models.load_model(tmp_path / "zero.h5", compile=False)
+    kernels = [layer.kernel.numpy() for layer in resumed.layers if hasattr(layer, "kernel")]
+    assert len(kernels) == 5 and not any(kernel.any() for kernel in kernels)

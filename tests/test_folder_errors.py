@@ -1,7 +1,11 @@
 """Folders and settings that cannot be trained on: one line saying what to do, before any work."""
 
+import os
+import sys
+
 import pytest
 
+import image_tools
 from conftest import assert_one_line_error, make_images, run_script
 
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "ClassImageAugmentationSample.py"]
@@ -70,6 +74,8 @@ def test_a_single_class_is_not_a_classifier(script, tmp_path):
     (["--batch-size", "0"], "must both be 1 or more"),
     (["--epochs", "-1"], "must both be 1 or more"),
     (["--image-size", "8"], "needs 22 pixels or more"),
+    (["--seed", "-1"], "--seed -1 must be a whole number from 0 to"),
+    (["--initial-epoch", "-2"], "--initial-epoch -2 must be 0 (a new model) or more"),
 ])
 @pytest.mark.parametrize("script", ["FirstModel.py", "SecondModel.py"])
 def test_settings_that_cannot_work_fail_before_training(script, arguments, expected, small_dataset,
@@ -113,3 +119,18 @@ def test_log_folder_that_is_a_file(small_dataset, tmp_path):
                         "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, "is a file, not a folder")
     assert "Epoch 1/" not in result.stdout
+
+
+def test_svm_negative_seed(small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    result = run_script("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                        "--log-dir", tmp_path / "logs", "--seed", -5, cwd=tmp_path)
+    assert_one_line_error(result, "--seed -5 must be a whole number from 0 to")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="other systems keep file names as valid Unicode")
+def test_class_folder_name_that_is_not_text(tmp_path):
+    make_images(tmp_path / "train", {"apple": 1})
+    os.mkdir(os.fsencode(tmp_path / "train") + b"/caf\xe9")  # Latin-1 bytes, as old archives hold
+    with pytest.raises(image_tools.DataError, match="train/caf\ufffd' has a name that is not valid text"):
+        image_tools.class_names(str(tmp_path / "train"), "training")

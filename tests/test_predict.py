@@ -1,8 +1,9 @@
 """--predict on every model script: one tab-separated line per image, with the saved model."""
 
+import h5py
 import pytest
 
-from conftest import assert_one_line_error, make_images, own_stderr_lines, run_script
+from conftest import assert_one_line_error, make_images, stderr_lines, run_script
 
 # Each model script, with flags that train it in seconds on the tiny data set.
 TRAINING_FLAGS = {
@@ -42,7 +43,7 @@ def test_predicts_a_folder_as_in_validation(script, small_dataset, tmp_path):
     assert len(lines) == 8 and paths == sorted(paths)
     assert all(len(line) == 3 and line[1] in ("apple", "berry") and 0 < float(line[2]) <= 1
                for line in lines)
-    warnings = own_stderr_lines(result)
+    warnings = stderr_lines(result)
     assert len(warnings) == 1 and "broken.jpg" in warnings[0]
     # The same preprocessing as in training: the accuracy the training run reported.
     correct = sum(line[1] == line[0].split("/")[-2] for line in lines)
@@ -66,6 +67,15 @@ def test_prediction_errors_are_one_line(script, tmp_path):
     wrong_model = run_script(script, "--predict", photos, "--model-file", not_a_model, cwd=tmp_path)
     assert_one_line_error(wrong_model, str(not_a_model), "--model-file")
     assert not_a_model.read_text() == "not a model"
+
+    if MODEL_SUFFIX[script] == ".h5":
+        # Class names where these scripts put them, and no model beside them.
+        with h5py.File(tmp_path / "damaged.h5", "w") as damaged:
+            damaged.attrs["class_names"] = '["cat", "dog"]'
+        damaged_model = run_script(script, "--predict", photos, "--model-file", tmp_path / "damaged.h5",
+                                   cwd=tmp_path)
+        assert_one_line_error(damaged_model, f"cannot load the model in '{tmp_path / 'damaged.h5'}'",
+                              "--model-file")
 
     nothing = run_script(script, "--predict", tmp_path / "nowhere", "--model-file", not_a_model,
                          cwd=tmp_path)

@@ -3,8 +3,10 @@
 import re
 
 import h5py
+import keras
 
-from conftest import logged_scalars, own_stderr_lines, run_script
+import image_tools
+from conftest import assert_one_line_error, logged_scalars, stderr_lines, run_script
 from test_first_model import FINAL_LINE, reload_and_predict
 
 
@@ -24,7 +26,7 @@ def optimizer_iterations(model_file):
 def test_class_weights_training_and_resume(small_dataset, tmp_path):
     first = train_second_model(small_dataset, tmp_path, "--epochs", 1)
     assert first.returncode == 0, first.stderr
-    assert own_stderr_lines(first) == []  # only TensorFlow's start-up lines
+    assert stderr_lines(first) == []  # not even TensorFlow's start-up lines
     # 8 apples and 4 berries: weight = largest class count / class count.
     assert "Class weights: apple 1.000, berry 2.000" in first.stdout
     assert FINAL_LINE.match(first.stdout.strip().splitlines()[-1])
@@ -35,7 +37,7 @@ def test_class_weights_training_and_resume(small_dataset, tmp_path):
 
     resumed = train_second_model(small_dataset, tmp_path, "--initial-epoch", 1, "--epochs", 3)
     assert resumed.returncode == 0, resumed.stderr
-    assert own_stderr_lines(resumed) == []
+    assert stderr_lines(resumed) == []
     assert "Resuming" in resumed.stdout
     assert "Epoch 1/3" not in resumed.stdout
     assert "Epoch 2/3" in resumed.stdout and "Epoch 3/3" in resumed.stdout
@@ -51,7 +53,7 @@ def test_class_weights_training_and_resume(small_dataset, tmp_path):
 def test_resume_without_saved_model_is_a_clear_error(small_dataset, tmp_path):
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 2, "--epochs", 4)
     assert result.returncode != 0
-    assert own_stderr_lines(result) == [
+    assert stderr_lines(result) == [
         f"SecondModel.py: error: cannot resume: model file '{tmp_path / 'second.h5'}' does not exist; "
         "train from the start (--initial-epoch 0) or name the saved model with --model-file"]
 
@@ -59,5 +61,15 @@ def test_resume_without_saved_model_is_a_clear_error(small_dataset, tmp_path):
 def test_epochs_must_be_above_initial_epoch(small_dataset, tmp_path):
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 5, "--epochs", 5)
     assert result.returncode != 0
-    [line] = own_stderr_lines(result)
+    [line] = stderr_lines(result)
     assert "--epochs 5 must be above --initial-epoch 5" in line
+
+
+def test_initial_epoch_must_match_the_saved_model(small_dataset, tmp_path):
+    model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    image_tools.save_model(model, str(tmp_path / "second.h5"), ["apple", "berry"], epoch=4, metrics={})
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 3, "--epochs", 6)
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.h5'}' after epoch 3: it holds "
+                                  "the model after epoch 4; use --initial-epoch 4")
+    assert "Epoch" not in result.stdout

@@ -6,7 +6,7 @@ import joblib
 import numpy as np
 from PIL import Image
 
-from conftest import assert_one_line_error, logged_scalars, make_images, own_stderr_lines, run_script
+from conftest import assert_one_line_error, logged_scalars, make_images, stderr_lines, run_script
 
 FINAL_LINE = re.compile(r"^accuracy: (\d+\.\d+) - val_accuracy: (\d+\.\d+) - time: \d+\.\d s$")
 
@@ -34,7 +34,7 @@ def test_trains_reports_logs_and_saves(tmp_path):
     result = run_script("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert own_stderr_lines(result) == []
+    assert stderr_lines(result) == []
 
     final = FINAL_LINE.match(result.stdout.strip().splitlines()[-1])
     assert final, result.stdout

@@ -10,7 +10,8 @@ import sys
 import h5py
 import pytest
 
-from conftest import REPO, logged_scalars, make_images, own_stderr_lines, run_script
+import image_tools
+from conftest import REPO, logged_scalars, make_images, stderr_lines, run_script
 from test_first_model import FINAL_LINE
 
 SCRIPTS = ["FirstModel", "SecondModel"]
@@ -40,7 +41,7 @@ def run_with_constants(script, constants, *args, cwd):
     code = "\n".join([f"import {script}", *(f"{script}.{name} = {value!r}"
                                            for name, value in constants.items()),
                       f"{script}.main()"])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0", PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -53,7 +54,7 @@ def test_saves_the_last_epoch_and_the_epoch_of_lowest_val_loss(script, small_dat
                         "--epochs", 6, "--batch-size", 2, "--image-size", 32,
                         "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert own_stderr_lines(result) == []
+    assert stderr_lines(result) == []
 
     val_losses = epoch_val_losses(result.stdout)
     assert len(val_losses) == 6
@@ -120,3 +121,25 @@ def test_a_resumed_run_replaces_the_best_epoch_only_with_a_better_one(misleading
     epoch, metrics = saved_epoch(tmp_path / "model.best.h5")
     assert epoch == val_losses.index(min(val_losses)) + 1
     assert metrics["val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
+
+
+def test_a_nan_val_loss_is_never_the_best_epoch():
+    class FakeModel:
+        def __init__(self):
+            self.weights = 0
+
+        def get_weights(self):
+            return self.weights
+
+    model, best_epoch = FakeModel(), image_tools.BestEpoch()
+    best_epoch.set_model(model)
+    for epoch, val_loss in enumerate([float("nan"), 0.9, float("nan"), 0.7, 0.8]):
+        model.weights = epoch
+        best_epoch.on_epoch_end(epoch, {"val_loss": val_loss, "val_accuracy": 0.5})
+    assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (4, 3, 0.7)
+
+    # A NaN kept by a run saved before this check is beaten by the first number.
+    resumed = image_tools.BestEpoch(epoch=2, metrics={"val_loss": float("nan")}, weights="old")
+    resumed.set_model(model)
+    resumed.on_epoch_end(5, {"val_loss": 1.5})
+    assert (resumed.epoch, resumed.metrics["val_loss"]) == (6, 1.5)

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from conftest import assert_one_line_error, make_images, own_stderr_lines, run_script
+from conftest import assert_one_line_error, make_images, stderr_lines, run_script
 
 
 def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
@@ -18,12 +18,14 @@ def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
     with Image.open(copies[0]) as image:
         assert image.format == "JPEG" and image.size == (60, 50)
 
-    first_copy = copies[0].read_bytes()
-    again = run_script("UnitaryImageAugmentationSample.py", "--count", 3, "--prefix", "star",
-                       cwd=tmp_path)
+    # A second run with the same prefix adds new copies after the first 21, leaving those as they were.
+    written = {path.name: path.read_bytes() for path in copies}
+    again = run_script("UnitaryImageAugmentationSample.py", "--count", 3, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert len(list((tmp_path / "data" / "generated").glob("star_*.jpg"))) == 3
-    assert copies[0].read_bytes() == first_copy
+    after = sorted(path.name for path in (tmp_path / "data" / "generated").iterdir())
+    assert after == [f"MY_CLASS_{n:04d}.jpg" for n in range(1, 25)]
+    assert all((tmp_path / "data" / "generated" / name).read_bytes() == data
+               for name, data in written.items())
 
 
 def test_flags_choose_image_folder_count_and_prefix(tmp_path):
@@ -39,7 +41,7 @@ def test_missing_image_is_one_clear_line(tmp_path):
     result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "nope.png",
                         cwd=tmp_path)
     assert result.returncode != 0
-    assert own_stderr_lines(result) == [
+    assert stderr_lines(result) == [
         f"UnitaryImageAugmentationSample.py: error: image '{tmp_path / 'nope.png'}' does not exist: "
         "name an image with --image"]
 
