@@ -13,14 +13,19 @@ overwritten. Edit the constants below to change the targets or the augmentation.
 """
 
 import argparse
+import hashlib
+import itertools
 import os
+import shutil
 import sys
 from pathlib import Path
 
-import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
+import keras_tools  # first: TensorFlow starts there, without its start-up chatter
 
 import tensorflow as tf
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
+
+import image_files
 
 TRAIN_DIR = "data/train"
 VALIDATION_DIR = "data/validation"
@@ -53,6 +58,29 @@ def parse_args():
     return parser.parse_args()
 
 
+def copy_once(source_path, folder, name):
+    """Copy an original into folder as name, unless a file of the same bytes is there already.
+
+    If name holds another file, the copy goes under the first free one of '<stem>_2<ext>',
+    '<stem>_3<ext>', ..., or is found there from an earlier run. Returns the path written,
+    or None if the copy was there already; an existing file is never overwritten.
+    """
+    stem, extension = os.path.splitext(name)
+    with open(source_path, "rb") as source:
+        digest = hashlib.file_digest(source, "sha256").digest()
+        for number in itertools.count(1):
+            candidate = name if number == 1 else f"{stem}_{number}{extension}"
+            if not os.path.exists(os.path.join(folder, candidate)):
+                break
+            with open(os.path.join(folder, candidate), "rb") as existing:
+                if hashlib.file_digest(existing, "sha256").digest() == digest:
+                    return None
+        source.seek(0)
+        free_names = itertools.chain([candidate], (f"{stem}_{later}{extension}"
+                                                   for later in itertools.count(number + 1)))
+        return image_files.save_new_file(lambda file: shutil.copyfileobj(source, file), folder, free_names)
+
+
 def top_up(source_dir, class_names, output_dir, target, augmentation):
     """Copy each class of source_dir to output_dir and add augmented images up to target.
 
@@ -66,14 +94,14 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         os.makedirs(class_output, exist_ok=True)
         # Only images that can be read are copied and augmented; the others are reported.
         originals = []
-        for name in image_tools.list_images(class_source):
+        for name in image_files.list_images(class_source):
             try:
-                image_tools.read_rgb(os.path.join(class_source, name))
+                image_files.read_rgb(os.path.join(class_source, name))
                 originals.append(name)
-            except image_tools.DataError as error:
-                image_tools.warn(f"{error}; skipped")
+            except image_files.DataError as error:
+                image_files.warn(f"{error}; skipped")
         if not originals:
-            raise image_tools.DataError(f"class folder '{class_source}' has no readable images: "
+            raise image_files.DataError(f"class folder '{class_source}' has no readable images: "
                                           "replace the files warned about above")
         # Each original is copied once, sub-folders and all (2019/a.jpg stays 2019/a.jpg);
         # under another name if its own holds another image (a Random_0001.jpg from before).
@@ -81,11 +109,11 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
             source_path = os.path.join(class_source, name)
             copy_folder = os.path.join(class_output, os.path.dirname(name))
             os.makedirs(copy_folder, exist_ok=True)
-            copy_path = image_tools.copy_once(source_path, copy_folder, os.path.basename(name))
+            copy_path = copy_once(source_path, copy_folder, os.path.basename(name))
             if copy_path and copy_path != os.path.join(class_output, name):
                 print(f"{source_path}: copied as {copy_path}, its name being taken by another image")
 
-        count = len(image_tools.list_images(class_output))
+        count = len(image_files.list_images(class_output))
         if count >= target:
             print(f"{class_output}: {count} images, at or above the target of {target}; left alone")
             continue
@@ -93,13 +121,13 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         for number in range(target - count):
             # Take the originals in turn, so that each one is augmented about as often.
             original_name = originals[number % len(originals)]
-            original = image_tools.read_rgb(os.path.join(class_source, original_name))
+            original = image_files.read_rgb(os.path.join(class_source, original_name))
             copy = array_to_img(augmentation.random_transform(img_to_array(original)))
-            copy_path = image_tools.save_new_jpeg(copy, class_output, PREFIX)
+            copy_path = image_files.save_new_jpeg(copy, class_output, PREFIX)
             if number < EXAMPLES_PER_CLASS:
                 pictures += [original, copy]
                 captions += [f"{class_name}/{original_name}", os.path.basename(copy_path)]
-        print(f"{class_output}: {len(image_tools.list_images(class_output))} images")
+        print(f"{class_output}: {len(image_files.list_images(class_output))} images")
     return pictures, captions
 
 
@@ -107,17 +135,17 @@ def main():
     args = parse_args()
     # Check both folders before writing anything.
     if args.train_target < 0 or args.validation_target < 0:
-        raise image_tools.DataError("--train-target and --validation-target must be 0 or more")
-    class_names, _, _ = image_tools.check_image_folders(args.train_dir, args.validation_dir)
+        raise image_files.DataError("--train-target and --validation-target must be 0 or more")
+    class_names, _, _ = image_files.check_image_folders(args.train_dir, args.validation_dir)
     # The balanced copy goes beside the originals, never among them (nor they in it).
     for source_dir in (args.train_dir, args.validation_dir):
         for role in ("train", "validation"):
             source, output = Path(source_dir).resolve(), Path(args.output_dir, role).resolve()
             if output.is_relative_to(source) or source.is_relative_to(output):
-                raise image_tools.DataError(
+                raise image_files.DataError(
                     f"--output-dir '{args.output_dir}' would put images in or over '{source_dir}': "
                     "choose an output folder outside the training and validation folders")
-    image_tools.check_log_folder(args.log_dir)
+    image_files.check_log_folder(args.log_dir)
     augmentation = ImageDataGenerator(
         rotation_range=ROTATION_RANGE,
         width_shift_range=WIDTH_SHIFT_RANGE,
@@ -133,14 +161,14 @@ def main():
         pictures, captions = top_up(source_dir, class_names, os.path.join(args.output_dir, role),
                                     target, augmentation)
         if pictures:
-            grids[role] = image_tools.picture_grid(pictures, captions, columns=2 * EXAMPLES_PER_CLASS)
+            grids[role] = image_files.picture_grid(pictures, captions, columns=2 * EXAMPLES_PER_CLASS)
 
     # Before and after, side by side in TensorBoard: originals beside their copies.
     if grids:
-        run_dir = image_tools.new_run_folder(args.log_dir, "ClassImageAugmentationSample")
+        run_dir = image_files.new_run_folder(args.log_dir, "ClassImageAugmentationSample")
         run_log = tf.summary.create_file_writer(run_dir)
         for role, grid in grids.items():
-            image_tools.log_picture(run_log, f"before_and_after_augmentation/{role}", grid, step=0,
+            keras_tools.log_picture(run_log, f"before_and_after_augmentation/{role}", grid, step=0,
                                     description="Each original, then an augmented copy of it.")
         print(f"TensorBoard run: {run_dir}")
 
@@ -148,7 +176,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_tools.DataError, OSError) as error:
+    except (image_files.DataError, OSError) as error:
         sys.exit(f"ClassImageAugmentationSample.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("ClassImageAugmentationSample.py: interrupted; the images written so far are "

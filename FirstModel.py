@@ -4,6 +4,7 @@ After the Keras blog post "Building powerful image classification models using
 very little data" (2016), ported from Keras 2 (2018) to TensorFlow 2.21 / Keras 3.
 
     python FirstModel.py                 # trains on data/train, checks on data/validation
+    python FirstModel.py --predict new/  # classifies photos with the saved FirstModel.h5
     tensorboard --logdir logs            # compare the runs
 
 Edit the constants below and run again; every run gets its own TensorBoard folder.
@@ -11,13 +12,15 @@ Edit the constants below and run again; every run gets its own TensorBoard folde
 
 import argparse
 import sys
+import time
 
-import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
+import keras_tools  # first: TensorFlow starts there, without its start-up chatter
 
 import keras
 import tensorflow as tf
 from keras import layers
-from tensorflow.keras.preprocessing.image import ImageDataGenerator
+
+import image_files
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -32,17 +35,21 @@ EPOCHS = 50
 INITIAL_EPOCH = 0  # above 0, training resumes the model saved in MODEL_FILE
 LEARNING_RATE = 1.0  # Adadelta's default in Keras 2; Keras 3's default (0.001) barely learns
 DROPOUT = 0.5
-# Augmentation, as ImageDataGenerator takes it. Rotation and shifts are new since 2018
-# (it had none): measured better on held-out photos, see the README's "Generalisation".
-ROTATION_RANGE = 15  # degrees either way
-WIDTH_SHIFT_RANGE = 0.1  # fraction of the width, either way
-HEIGHT_SHIFT_RANGE = 0.1
-SHEAR_RANGE = 0.2  # degrees, as ImageDataGenerator reads it: a barely visible slant
-ZOOM_RANGE = 0.2
-HORIZONTAL_FLIP = True
 SEED = 2018
 
-# Training control on val_loss, measured in the README's "Generalisation" section; 0 is off.
+# Augmentation, in ImageDataGenerator's keyword arguments: its random transforms are applied
+# to the images in memory, and the HParams dashboard records them. Rotation and shifts are
+# new since 2018, see docs/generalisation.md.
+AUGMENTATION = dict(
+    rotation_range=15,  # degrees either way
+    width_shift_range=0.1,  # fraction of the width, either way
+    height_shift_range=0.1,
+    shear_range=0.2,  # degrees, as ImageDataGenerator reads it: a barely visible slant
+    zoom_range=0.2,
+    horizontal_flip=True,
+)
+
+# Training control on val_loss, measured in docs/generalisation.md; 0 is off.
 REDUCE_LR_PATIENCE = 0  # after this many epochs without a lower val_loss ...
 REDUCE_LR_FACTOR = 0.5  # ... the learning rate is multiplied by this,
 MIN_LEARNING_RATE = 0.001  # down to this
@@ -103,75 +110,56 @@ def compile_model(model):
     )
 
 
-def main():
-    args = parse_args()
-    if args.predict:
-        image_tools.predict_with_saved_model(args.model_file, args.predict)
-        return
-
-    # Check the folders and the resume request before anything slow starts.
-    class_names, train_counts, validation_counts = image_tools.check_model_run(args)
+def check_run(args):
+    """Check the folders, settings and resume request before anything slow starts; the class names."""
+    class_names, train_counts, validation_counts = image_files.check_image_folders(
+        args.train_dir, args.validation_dir)
+    image_files.check_output_file(args.model_file, ".h5")
+    image_files.check_log_folder(args.log_dir)
+    image_files.check_seed(args.seed)
+    keras_tools.check_training_settings(args.epochs, args.batch_size, args.image_size, AUGMENTATION)
+    keras_tools.check_resume(args.model_file, args.initial_epoch, args.epochs)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
-    keras.utils.set_random_seed(args.seed + args.initial_epoch)
+    return class_names
 
-    # Read every image once, at the size the network takes; augment in memory.
-    train_images, train_labels, validation_images, validation_labels = (
-        image_tools.load_training_and_validation(
-            args.train_dir, args.validation_dir, class_names, args.image_size))
-    augmentation = ImageDataGenerator(
-        rotation_range=ROTATION_RANGE,
-        width_shift_range=WIDTH_SHIFT_RANGE,
-        height_shift_range=HEIGHT_SHIFT_RANGE,
-        shear_range=SHEAR_RANGE,
-        zoom_range=ZOOM_RANGE,
-        horizontal_flip=HORIZONTAL_FLIP,
-    )
-    train_batches = image_tools.training_batches(
-        train_images, train_labels, len(class_names), args.batch_size,
-        args.seed + args.initial_epoch, augmentation)
-    # Validation images are not augmented, and come in a fixed order so that val_loss
-    # compares epoch to epoch.
-    validation_batches = image_tools.validation_batches(
-        validation_images, validation_labels, len(class_names), args.batch_size)
 
-    if args.initial_epoch > 0:
-        model, best_epoch = image_tools.resume_run(
-            args.model_file, args.image_size, len(class_names), compile_model)
-        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
-    else:
-        model = build_model(args.image_size, len(class_names))
-        compile_model(model)
-        best_epoch = image_tools.BestEpoch()
-    model.summary()
+def read_images(args, class_names):
+    """Every image read once, at the size the network takes: (images, labels) of each folder."""
+    started = time.perf_counter()
+    train_images, train_labels, _ = image_files.read_image_folder(
+        args.train_dir, class_names, args.image_size, "training")
+    validation_images, validation_labels, _ = image_files.read_image_folder(
+        args.validation_dir, class_names, args.image_size, "validation")
+    print(f"Read {len(train_images) + len(validation_images)} images in "
+          f"{time.perf_counter() - started:.1f} s")
+    return (train_images, train_labels), (validation_images, validation_labels)
 
-    # One TensorBoard folder per run, so that runs can be told apart: Keras writes the
-    # epoch scalars in its train/ and validation/ folders, the rest goes in the folder itself.
-    run_dir = image_tools.new_run_folder(args.log_dir, "FirstModel")
+
+def start_tensorboard_run(args, class_names, train_images, train_labels):
+    """A new TensorBoard run folder with this run's settings and augmented training images.
+
+    Keras writes the epoch scalars in its train/ and validation/ sub-folders, the scripts
+    their settings, pictures and tables in the folder itself. Returns (folder, its writer).
+    """
+    run_dir = image_files.new_run_folder(args.log_dir, "FirstModel")
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
-    # The settings, for the HParams dashboard to set this run beside the others.
-    image_tools.log_hparams(run_log, run_dir, {
-        "script": "FirstModel",
-        **image_tools.training_hparams(args, model, class_names, train_labels),
-        "conv_dropout": 0.0,
-        "dense_dropout": DROPOUT,
-        "rotation_range": ROTATION_RANGE,
-        "width_shift_range": WIDTH_SHIFT_RANGE,
-        "height_shift_range": HEIGHT_SHIFT_RANGE,
-        "shear_range": SHEAR_RANGE,
-        "zoom_range": ZOOM_RANGE,
-        "horizontal_flip": HORIZONTAL_FLIP,
-        "reduce_lr_patience": REDUCE_LR_PATIENCE,
-        "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-        "class_weights": False,
-    })
-    # What augmentation does to the training images, as the network gets them.
-    image_tools.log_training_images(run_log, train_images, train_labels, class_names, augmentation,
+    keras_tools.log_hparams(run_log, run_dir, {
+        "script": "FirstModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir,
+        "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch, "seed": args.seed, "optimizer": "Adadelta",
+        "learning_rate": LEARNING_RATE, "conv_dropout": 0.0, "dense_dropout": DROPOUT,
+        "reduce_lr_patience": REDUCE_LR_PATIENCE, "early_stopping_patience": EARLY_STOPPING_PATIENCE,
+        "class_weights": False}, class_names, train_labels, AUGMENTATION)
+    keras_tools.log_training_images(run_log, train_images, train_labels, class_names, AUGMENTATION,
                                     args.seed, step=args.initial_epoch)
-    validation_report = image_tools.ValidationReport(
-        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
+    return run_dir, run_log
+
+
+def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
+    """What runs beside fit: TensorBoard's scalars, the validation report, the best epoch."""
     callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, best_epoch]
     # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
     if REDUCE_LR_PATIENCE:
@@ -181,9 +169,56 @@ def main():
     if EARLY_STOPPING_PATIENCE:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
                                                        patience=EARLY_STOPPING_PATIENCE))
-    # Last, so that it keeps each epoch as the others have left it.
-    stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
-    callbacks.append(stop_on_ctrl_c)
+    return callbacks + [stop_on_ctrl_c]  # last: it keeps each epoch as the others left it
+
+
+def save_and_report(model, args, class_names, history, best_epoch, report):
+    """Save the last epoch and the best, and say what they are."""
+    last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
+    saved_files = keras_tools.save_run(model, args.model_file, class_names,
+                                       args.initial_epoch + len(history.epoch), last_metrics, best_epoch)
+    print(f"Saved {', '.join(saved_files)}")
+    if best_epoch.weights is not None:
+        print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
+              f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as {saved_files[2]}")
+    print(f"Validation set, per class:\n{report}")
+    # The last line sums the run up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
+                     for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
+
+
+def main():
+    args = parse_args()
+    if args.predict:
+        for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
+            print(f"{path}\t{class_name}\t{probability:.4f}")
+        return
+    class_names = check_run(args)
+    keras.utils.set_random_seed(args.seed + args.initial_epoch)
+
+    # Augmented in memory; validation images are not, and come in a fixed order so that
+    # val_loss compares epoch to epoch.
+    (train_images, train_labels), (validation_images, validation_labels) = read_images(args, class_names)
+    train_batches = keras_tools.training_batches(train_images, train_labels, len(class_names),
+                                                 args.batch_size, args.seed + args.initial_epoch, AUGMENTATION)
+    validation_batches = keras_tools.validation_batches(validation_images, validation_labels,
+                                                        len(class_names), args.batch_size)
+
+    if args.initial_epoch > 0:
+        model, best_epoch = keras_tools.load_run(args.model_file, args.image_size, len(class_names),
+                                                 compile_model)
+        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+    else:
+        model = build_model(args.image_size, len(class_names))
+        compile_model(model)
+        best_epoch = keras_tools.BestEpoch()  # the epoch of lowest val_loss, saved beside the last
+    model.summary()
+
+    run_dir, run_log = start_tensorboard_run(args, class_names, train_images, train_labels)
+    validation_report = keras_tools.ValidationReport(
+        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
+    stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
+    callbacks = make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c)
     try:
         history = model.fit(
             train_batches,
@@ -194,29 +229,22 @@ def main():
             callbacks=callbacks,
             verbose=2,
         )
-    except image_tools.EpochInterrupted:
-        # Ctrl-C half-way through an epoch: the model goes back to the last complete epoch.
+    except keras_tools.EpochInterrupted:  # Ctrl-C half-way through an epoch: back to the last whole one
         stop_on_ctrl_c.restore_last_epoch()
         for callback in callbacks:
-            callback.on_train_end()  # as fit does at its end: close the logs, report
+            callback.on_train_end()  # as fit does at its end: the report, the logs closed
     if stop_on_ctrl_c.interrupted:
-        # Keep the complete epochs, under a name that says so, and say how to go on.
-        sys.exit(image_tools.save_interrupted_run(
-            model, args.model_file, class_names, best_epoch, stop_on_ctrl_c, sys.argv[0], vars(args)))
+        sys.exit(keras_tools.save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c,
+                                                  sys.argv[0], vars(args)))
 
     # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
-    last_metrics = image_tools.save_finished_run(
-        model, args.model_file, class_names, best_epoch, history, args.initial_epoch)
-    print(f"Validation set, per class:\n{validation_report.report}")
-    # The last line sums the run up, like the 2018 README's results.
-    print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
-                     for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
+    save_and_report(model, args, class_names, history, best_epoch, validation_report.report)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (image_tools.DataError, OSError) as error:
+    except (image_files.DataError, OSError) as error:
         sys.exit(f"FirstModel.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("FirstModel.py: interrupted; nothing saved")

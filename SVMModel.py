@@ -17,17 +17,20 @@ import os
 import sys
 import time
 
-import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
+import keras_tools  # first: TensorFlow starts there, without its start-up chatter
 
 import joblib
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+
+import image_files
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -101,21 +104,23 @@ def features(images):
 
 def predict(model_file, path):
     """Classify the image or folder at path with the SVM saved in model_file."""
-    paths = image_tools.list_images_to_predict(path)
+    paths = image_files.list_images_to_predict(path)
     if not os.path.isfile(model_file):
-        raise image_tools.DataError(f"no model '{model_file}': train one first with "
+        raise image_files.DataError(f"no model '{model_file}': train one first with "
                                     "python SVMModel.py, or name one with --model-file")
     try:
         saved = joblib.load(model_file)
         model, probabilities = saved["pipeline"], saved["probabilities"]
         class_names, image_size = saved["class_names"], saved["image_size"]
     except Exception as error:  # joblib raises many kinds on a file it did not write
-        raise image_tools.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
+        raise image_files.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
                                     f"({type(error).__name__}): name another with --model-file") from None
-    images, paths = image_tools.read_images_to_predict(paths, image_size)
+    images, paths = image_files.read_images_to_predict(paths, image_size)
     image_features = features(images)
-    image_tools.print_predictions(paths, model.predict(image_features),
-                                  probabilities.predict_proba(image_features), class_names)
+    predictions = model.predict(image_features)
+    class_probabilities = probabilities.predict_proba(image_features)
+    for path, predicted, row in zip(paths, predictions, class_probabilities):
+        print(f"{path}\t{class_names[predicted]}\t{row[predicted]:.4f}")
 
 
 def main():
@@ -125,20 +130,23 @@ def main():
         return
 
     # Check the folders before anything slow starts.
-    class_names, train_counts, validation_counts = image_tools.check_image_folders(
+    class_names, train_counts, validation_counts = image_files.check_image_folders(
         args.train_dir, args.validation_dir)
-    image_tools.check_output_folder(args.model_file, suffix=".joblib")
-    image_tools.check_log_folder(args.log_dir)
-    image_tools.check_seed(args.seed)
+    image_files.check_output_file(args.model_file, ".joblib")
+    image_files.check_log_folder(args.log_dir)
+    image_files.check_seed(args.seed)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
 
     # The same images as the CNNs get, read the same way, at the size the features need.
     started = time.perf_counter()
-    train_images, train_labels, validation_images, validation_labels = (
-        image_tools.load_training_and_validation(
-            args.train_dir, args.validation_dir, class_names, IMAGE_SIZE))
+    train_images, train_labels, _ = image_files.read_image_folder(
+        args.train_dir, class_names, IMAGE_SIZE, "training")
+    validation_images, validation_labels, _ = image_files.read_image_folder(
+        args.validation_dir, class_names, IMAGE_SIZE, "validation")
+    print(f"Read {len(train_images) + len(validation_images)} images in "
+          f"{time.perf_counter() - started:.1f} s")
     train_features, validation_features = features(train_images), features(validation_images)
     print(f"{train_features.shape[1]} features per image")
 
@@ -146,7 +154,7 @@ def main():
     class_counts = np.bincount(train_labels, minlength=len(class_names))
     if class_counts.min() < 2:
         smallest = class_names[int(class_counts.argmin())]
-        raise image_tools.DataError(
+        raise image_files.DataError(
             f"training class folder '{os.path.join(args.train_dir, smallest)}' has "
             f"{class_counts.min()} readable image: cross-validation needs at least 2 per class")
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, class_counts.min()), shuffle=True,
@@ -169,39 +177,36 @@ def main():
     train_accuracy = np.mean(model.predict(train_features) == train_labels)
     predictions = model.predict(validation_features)
     validation_accuracy = np.mean(predictions == validation_labels)
-    counts = image_tools.confusion_matrix(validation_labels, predictions, len(class_names))
-    report = image_tools.classification_report(counts, class_names)
+    counts = confusion_matrix(validation_labels, predictions, labels=range(len(class_names)))
+    report = keras_tools.report_table(validation_labels, predictions, class_names)
     elapsed = time.perf_counter() - started
     print(f"Validation set, per class:\n{report}")
     print("Confusion matrix (rows: true class, columns: predicted class, in the order above):")
     print(counts)
 
     # TensorBoard: the accuracies under the CNN runs' tag names, so that they sit side by side.
-    run_dir = image_tools.new_run_folder(args.log_dir, "SVMModel")
+    run_dir = image_files.new_run_folder(args.log_dir, "SVMModel")
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
-    image_tools.log_hparams(run_log, run_dir, {
+    keras_tools.log_hparams(run_log, run_dir, {
         "script": "SVMModel",
         "train_dir": args.train_dir,
         "validation_dir": args.validation_dir,
-        "train_images": len(train_labels),
-        "images_per_class": image_tools.images_per_class(class_names, train_labels),
         "image_size": IMAGE_SIZE,
         "svm_c": float(best_c),
         "svm_gamma": str(best_gamma),
         "class_weights": CLASS_WEIGHT == "balanced",
         "seed": args.seed,
-    })
+    }, class_names, train_labels)
     for folder, accuracy in (("train", train_accuracy), ("validation", validation_accuracy)):
         with tf.summary.create_file_writer(os.path.join(run_dir, folder)).as_default():
             tf.summary.scalar("epoch_accuracy", accuracy, step=0)
-    image_tools.log_picture(run_log, "confusion_matrix",
-                            image_tools.draw_confusion_matrix(counts, class_names, "Validation set, SVM"),
-                            step=0, description="Validation images by true class (rows) and predicted class (columns).")
-    image_tools.log_text(run_log, "classification_report", report, step=0)
+    keras_tools.log_confusion_matrix(run_log, validation_labels, predictions, class_names,
+                                     "Validation set, SVM", step=0)
+    keras_tools.log_text(run_log, "classification_report", report, step=0)
 
     # Save the fitted pipeline with what --predict needs to use it.
-    image_tools.write_atomically({args.model_file: lambda path: joblib.dump(
+    image_files.save_files_atomically({args.model_file: lambda path: joblib.dump(
         {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
          "image_size": IMAGE_SIZE}, path)})
     print(f"Saved {args.model_file}")
@@ -213,7 +218,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_tools.DataError, OSError) as error:
+    except (image_files.DataError, OSError) as error:
         sys.exit(f"SVMModel.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("SVMModel.py: interrupted; nothing saved")

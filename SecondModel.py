@@ -4,7 +4,7 @@ No augmentation here: balance the classes first with ClassImageAugmentationSampl
 or let the class weights (largest class count / class count) make up for small classes.
 Ported from Keras 2 (2018) to TensorFlow 2.21 / Keras 3.
 
-    python SecondModel.py                               # trains on data/train
+    python SecondModel.py                                 # trains on data/train
     python SecondModel.py --initial-epoch 30 --epochs 50  # resumes SecondModel.h5 at epoch 31
     tensorboard --logdir logs
 
@@ -13,13 +13,16 @@ Edit the constants below and run again; every run gets its own TensorBoard folde
 
 import argparse
 import sys
+import time
 
-import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
+import keras_tools  # first: TensorFlow starts there, without its start-up chatter
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+
+import image_files
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -37,7 +40,11 @@ CONV_DROPOUT = 0.10
 DENSE_DROPOUT = 0.25
 SEED = 2018
 
-# Training control on val_loss, measured in the README's "Generalisation" section; 0 is off.
+# Augmentation, in ImageDataGenerator's keyword arguments: none for SecondModel, whose
+# classes are balanced beforehand or by class weights.
+AUGMENTATION = {}
+
+# Training control on val_loss, measured in docs/generalisation.md; 0 is off.
 REDUCE_LR_PATIENCE = 0  # after this many epochs without a lower val_loss ...
 REDUCE_LR_FACTOR = 0.5  # ... the learning rate is multiplied by this,
 MIN_LEARNING_RATE = 0.001  # down to this
@@ -74,16 +81,16 @@ def build_model(image_size, num_classes):
         keras.Input(shape=(image_size, image_size, 3)),
         layers.Conv2D(32, (3, 3)),
         layers.Activation("relu"),
-        layers.Dropout(CONV_DROPOUT),
         layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Dropout(CONV_DROPOUT),
         layers.Conv2D(32, (3, 3)),
         layers.Activation("relu"),
-        layers.Dropout(CONV_DROPOUT),
         layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Dropout(CONV_DROPOUT),
         layers.Conv2D(64, (3, 3)),
         layers.Activation("relu"),
-        layers.Dropout(CONV_DROPOUT),
         layers.MaxPooling2D(pool_size=(2, 2)),
+        layers.Dropout(CONV_DROPOUT),
         layers.Flatten(),
         layers.Dense(64),
         layers.Activation("relu"),
@@ -101,77 +108,60 @@ def compile_model(model):
     )
 
 
-def main():
-    args = parse_args()
-    if args.predict:
-        image_tools.predict_with_saved_model(args.model_file, args.predict)
-        return
-
-    # Check the folders and the resume request before anything slow starts.
-    class_names, train_counts, validation_counts = image_tools.check_model_run(args)
+def check_run(args):
+    """Check the folders, settings and resume request before anything slow starts; the class names."""
+    class_names, train_counts, validation_counts = image_files.check_image_folders(
+        args.train_dir, args.validation_dir)
+    image_files.check_output_file(args.model_file, ".h5")
+    image_files.check_log_folder(args.log_dir)
+    image_files.check_seed(args.seed)
+    keras_tools.check_training_settings(args.epochs, args.batch_size, args.image_size, AUGMENTATION)
+    keras_tools.check_resume(args.model_file, args.initial_epoch, args.epochs)
     print(f"Classes: {', '.join(class_names)}")
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
-    keras.utils.set_random_seed(args.seed + args.initial_epoch)
+    return class_names
 
-    # Read every image once, at the size the network takes. No augmentation here;
-    # validation comes in a fixed order so that val_loss compares epoch to epoch.
-    train_images, train_labels, validation_images, validation_labels = (
-        image_tools.load_training_and_validation(
-            args.train_dir, args.validation_dir, class_names, args.image_size))
 
-    # Small classes weigh more: weight = largest class count / class count, counting
-    # the images that could be read.
-    class_counts = np.bincount(train_labels, minlength=len(class_names))
-    class_weights = {index: class_counts.max() / count for index, count in enumerate(class_counts)}
-    print("Class weights: " + ", ".join(
-        f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))
-    train_batches = image_tools.training_batches(
-        train_images, train_labels, len(class_names), args.batch_size,
-        args.seed + args.initial_epoch)
-    validation_batches = image_tools.validation_batches(
-        validation_images, validation_labels, len(class_names), args.batch_size)
+def read_images(args, class_names):
+    """Every image read once, at the size the network takes: (images, labels) of each folder."""
+    started = time.perf_counter()
+    train_images, train_labels, _ = image_files.read_image_folder(
+        args.train_dir, class_names, args.image_size, "training")
+    validation_images, validation_labels, _ = image_files.read_image_folder(
+        args.validation_dir, class_names, args.image_size, "validation")
+    print(f"Read {len(train_images) + len(validation_images)} images in "
+          f"{time.perf_counter() - started:.1f} s")
+    return (train_images, train_labels), (validation_images, validation_labels)
 
-    if args.initial_epoch > 0:
-        model, best_epoch = image_tools.resume_run(
-            args.model_file, args.image_size, len(class_names), compile_model)
-        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
-    else:
-        model = build_model(args.image_size, len(class_names))
-        compile_model(model)
-        best_epoch = image_tools.BestEpoch()
-    model.summary()
 
-    # One TensorBoard folder per run, so that runs can be told apart: Keras writes the
-    # epoch scalars in its train/ and validation/ folders, the rest goes in the folder itself.
-    run_dir = image_tools.new_run_folder(args.log_dir, "SecondModel")
+def start_tensorboard_run(args, class_names, train_images, train_labels, class_weights):
+    """A new TensorBoard run folder with this run's settings, class weights and training images.
+
+    Keras writes the epoch scalars in its train/ and validation/ sub-folders, the scripts
+    their settings, pictures and tables in the folder itself. Returns (folder, its writer).
+    """
+    run_dir = image_files.new_run_folder(args.log_dir, "SecondModel")
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
-    # The settings, for the HParams dashboard to set this run beside the others.
-    image_tools.log_hparams(run_log, run_dir, {
-        "script": "SecondModel",
-        **image_tools.training_hparams(args, model, class_names, train_labels),
-        "conv_dropout": CONV_DROPOUT,
-        "dense_dropout": DENSE_DROPOUT,
-        "rotation_range": 0,
-        "width_shift_range": 0.0,
-        "height_shift_range": 0.0,
-        "shear_range": 0.0,
-        "zoom_range": 0.0,
-        "horizontal_flip": False,
-        "reduce_lr_patience": REDUCE_LR_PATIENCE,
-        "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-        "class_weights": True,
-    })
-    image_tools.log_text(run_log, "class_weights", "\n".join(
+    keras_tools.log_hparams(run_log, run_dir, {
+        "script": "SecondModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir,
+        "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch, "seed": args.seed, "optimizer": "Adadelta",
+        "learning_rate": LEARNING_RATE, "conv_dropout": CONV_DROPOUT, "dense_dropout": DENSE_DROPOUT,
+        "reduce_lr_patience": REDUCE_LR_PATIENCE, "early_stopping_patience": EARLY_STOPPING_PATIENCE,
+        "class_weights": True}, class_names, train_labels, AUGMENTATION)
+    keras_tools.log_text(run_log, "class_weights", "\n".join(
         ["| class | training images | weight |", "|---|---|---|"]
-        + [f"| {name} | {class_counts[index]} | {class_weights[index]:.3f} |"
+        + [f"| {name} | {np.sum(train_labels == index)} | {class_weights[index]:.3f} |"
            for index, name in enumerate(class_names)]), step=args.initial_epoch)
-    # The training images as the network gets them: resized, not augmented.
-    image_tools.log_training_images(run_log, train_images, train_labels, class_names, None,
+    keras_tools.log_training_images(run_log, train_images, train_labels, class_names, AUGMENTATION,
                                     args.seed, step=args.initial_epoch)
-    validation_report = image_tools.ValidationReport(
-        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
+    return run_dir, run_log
+
+
+def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
+    """What runs beside fit: TensorBoard's scalars, the validation report, the best epoch."""
     callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, best_epoch]
     # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
     if REDUCE_LR_PATIENCE:
@@ -181,9 +171,62 @@ def main():
     if EARLY_STOPPING_PATIENCE:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
                                                        patience=EARLY_STOPPING_PATIENCE))
-    # Last, so that it keeps each epoch as the others have left it.
-    stop_on_ctrl_c = image_tools.StopOnCtrlC(args.initial_epoch)
-    callbacks.append(stop_on_ctrl_c)
+    return callbacks + [stop_on_ctrl_c]  # last: it keeps each epoch as the others left it
+
+
+def save_and_report(model, args, class_names, history, best_epoch, report):
+    """Save the last epoch and the best, and say what they are."""
+    last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
+    saved_files = keras_tools.save_run(model, args.model_file, class_names,
+                                       args.initial_epoch + len(history.epoch), last_metrics, best_epoch)
+    print(f"Saved {', '.join(saved_files)}")
+    if best_epoch.weights is not None:
+        print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
+              f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as {saved_files[2]}")
+    print(f"Validation set, per class:\n{report}")
+    # The last line sums the run up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
+                     for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
+
+
+def main():
+    args = parse_args()
+    if args.predict:
+        for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
+            print(f"{path}\t{class_name}\t{probability:.4f}")
+        return
+    class_names = check_run(args)
+    keras.utils.set_random_seed(args.seed + args.initial_epoch)
+
+    # Not augmented; validation images come in a fixed order so that val_loss compares
+    # epoch to epoch.
+    (train_images, train_labels), (validation_images, validation_labels) = read_images(args, class_names)
+    train_batches = keras_tools.training_batches(train_images, train_labels, len(class_names),
+                                                 args.batch_size, args.seed + args.initial_epoch, AUGMENTATION)
+    validation_batches = keras_tools.validation_batches(validation_images, validation_labels,
+                                                        len(class_names), args.batch_size)
+
+    if args.initial_epoch > 0:
+        model, best_epoch = keras_tools.load_run(args.model_file, args.image_size, len(class_names),
+                                                 compile_model)
+        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+    else:
+        model = build_model(args.image_size, len(class_names))
+        compile_model(model)
+        best_epoch = keras_tools.BestEpoch()  # the epoch of lowest val_loss, saved beside the last
+    model.summary()
+
+    # Small classes weigh more: weight = largest class count / class count, counting the
+    # images that could be read.
+    class_counts = np.bincount(train_labels, minlength=len(class_names))
+    class_weights = {index: class_counts.max() / count for index, count in enumerate(class_counts)}
+    print("Class weights: " + ", ".join(
+        f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))
+    run_dir, run_log = start_tensorboard_run(args, class_names, train_images, train_labels, class_weights)
+    validation_report = keras_tools.ValidationReport(
+        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
+    stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
+    callbacks = make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c)
     try:
         history = model.fit(
             train_batches,
@@ -195,29 +238,22 @@ def main():
             callbacks=callbacks,
             verbose=2,
         )
-    except image_tools.EpochInterrupted:
-        # Ctrl-C half-way through an epoch: the model goes back to the last complete epoch.
+    except keras_tools.EpochInterrupted:  # Ctrl-C half-way through an epoch: back to the last whole one
         stop_on_ctrl_c.restore_last_epoch()
         for callback in callbacks:
-            callback.on_train_end()  # as fit does at its end: close the logs, report
+            callback.on_train_end()  # as fit does at its end: the report, the logs closed
     if stop_on_ctrl_c.interrupted:
-        # Keep the complete epochs, under a name that says so, and say how to go on.
-        sys.exit(image_tools.save_interrupted_run(
-            model, args.model_file, class_names, best_epoch, stop_on_ctrl_c, sys.argv[0], vars(args)))
+        sys.exit(keras_tools.save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c,
+                                                  sys.argv[0], vars(args)))
 
     # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
-    last_metrics = image_tools.save_finished_run(
-        model, args.model_file, class_names, best_epoch, history, args.initial_epoch)
-    print(f"Validation set, per class:\n{validation_report.report}")
-    # The last line sums the run up, like the 2018 README's results.
-    print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
-                     for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
+    save_and_report(model, args, class_names, history, best_epoch, validation_report.report)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (image_tools.DataError, OSError) as error:
+    except (image_files.DataError, OSError) as error:
         sys.exit(f"SecondModel.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("SecondModel.py: interrupted; nothing saved")

@@ -12,10 +12,12 @@ import argparse
 import os
 import sys
 
-import image_tools  # before TensorFlow: it starts TensorFlow without its start-up chatter
+import keras_tools  # first: TensorFlow starts there, without its start-up chatter
 
 import tensorflow as tf
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
+
+import image_files
 
 IMAGE = "data/train/refImage.png"
 OUTPUT_DIR = "data/generated"
@@ -46,13 +48,13 @@ def parse_args():
 def main():
     args = parse_args()
     if args.count < 0:
-        raise image_tools.DataError(f"--count {args.count} must be 0 or more")
+        raise image_files.DataError(f"--count {args.count} must be 0 or more")
     if os.path.isdir(args.image):
-        raise image_tools.DataError(f"--image '{args.image}' is a folder: name one image file")
+        raise image_files.DataError(f"--image '{args.image}' is a folder: name one image file")
     if not os.path.isfile(args.image):
-        raise image_tools.DataError(f"image '{args.image}' does not exist: name an image with --image")
-    image_tools.check_log_folder(args.log_dir)
-    original = image_tools.read_rgb(args.image)
+        raise image_files.DataError(f"image '{args.image}' does not exist: name an image with --image")
+    image_files.check_log_folder(args.log_dir)
+    original = image_files.read_rgb(args.image)
     image = img_to_array(original)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -68,7 +70,7 @@ def main():
     pictures, captions = [original], ["original"]  # the grid for TensorBoard: four rows of six
     for _ in range(args.count):
         copy = array_to_img(augmentation.random_transform(image))
-        path = image_tools.save_new_jpeg(copy, args.output_dir, args.prefix)
+        path = image_files.save_new_jpeg(copy, args.output_dir, args.prefix)
         print(path)
         if len(pictures) < 24:
             pictures.append(copy)
@@ -76,9 +78,9 @@ def main():
     print(f"Wrote {args.count} augmented copies of {args.image} to {args.output_dir}")
 
     # Before and after, side by side in TensorBoard.
-    run_dir = image_tools.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
-    grid = image_tools.picture_grid(pictures, captions, columns=6)
-    image_tools.log_picture(tf.summary.create_file_writer(run_dir), "before_and_after_augmentation",
+    run_dir = image_files.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
+    grid = image_files.picture_grid(pictures, captions, columns=6)
+    keras_tools.log_picture(tf.summary.create_file_writer(run_dir), "before_and_after_augmentation",
                             grid, step=0, description=f"{args.image}, then its augmented copies.")
     print(f"TensorBoard run: {run_dir}")
 
@@ -86,7 +88,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_tools.DataError, OSError) as error:
+    except (image_files.DataError, OSError) as error:
         sys.exit(f"UnitaryImageAugmentationSample.py: error: {error}")
     except KeyboardInterrupt:
         sys.exit("UnitaryImageAugmentationSample.py: interrupted; the copies written so far are complete")

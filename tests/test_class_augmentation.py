@@ -4,7 +4,7 @@ import hashlib
 
 from PIL import Image
 
-from conftest import assert_one_line_error, make_images, run_script, stderr_lines
+from helpers import assert_one_line_error, make_images, run_in_process, run_script, stderr_lines
 
 
 def snapshot(folder):
@@ -13,8 +13,8 @@ def snapshot(folder):
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def balance(tmp_path, train_dir, validation_dir, *extra_args):
-    return run_script(
+def balance(tmp_path, train_dir, validation_dir, *extra_args, run=run_in_process):
+    return run(
         "ClassImageAugmentationSample.py", "--train-dir", train_dir,
         "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
         "--train-target", 6, "--validation-target", 3, *extra_args, cwd=tmp_path)
@@ -25,8 +25,9 @@ def test_tops_classes_up_to_the_exact_target(tmp_path):
     validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 3, "cherry": 2})
     originals = snapshot(tmp_path / "train") | snapshot(tmp_path / "validation")
 
-    result = balance(tmp_path, train_dir, validation_dir)
+    result = balance(tmp_path, train_dir, validation_dir, run=run_script)  # as a user runs it
     assert result.returncode == 0, result.stderr
+    assert stderr_lines(result) == []
 
     generated = tmp_path / "generated"
     counts = {f"{split}/{name}": len(list((generated / split / name).iterdir()))
@@ -58,7 +59,7 @@ def test_balanced_output_trains_without_moving_files(tmp_path):
     train_dir = make_images(tmp_path / "train", {"apple": 4, "berry": 2})
     validation_dir = make_images(tmp_path / "validation", {"apple": 2, "berry": 1})
     assert balance(tmp_path, train_dir, validation_dir).returncode == 0
-    result = run_script(
+    result = run_in_process(
         "SecondModel.py", "--train-dir", tmp_path / "generated" / "train",
         "--validation-dir", tmp_path / "generated" / "validation", "--epochs", 1,
         "--image-size", 32, "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "s.h5",
@@ -116,7 +117,7 @@ def test_output_folder_among_the_originals_is_refused(tmp_path):
     validation_dir = make_images(tmp_path / "data" / "validation", {"apple": 1, "berry": 1})
     originals = snapshot(tmp_path / "data")
     for output_dir in (train_dir / "balanced", tmp_path / "data", validation_dir / "apple"):
-        result = run_script("ClassImageAugmentationSample.py", "--train-dir", train_dir,
+        result = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir,
                             "--validation-dir", validation_dir, "--output-dir", output_dir,
                             cwd=tmp_path)
         assert_one_line_error(result, f"--output-dir '{output_dir}'",

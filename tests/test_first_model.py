@@ -1,27 +1,22 @@
 """FirstModel.py end to end on a tiny data set made in the test."""
 
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 
-from conftest import REPO, logged_scalars, run_script, stderr_lines
+import FirstModel
+import keras_tools
+from helpers import logged_scalars, run_in_process, run_script, stderr_lines
 
 FINAL_LINE = re.compile(
     r"^loss: (\d+\.\d+) - accuracy: (\d+\.\d+) - val_loss: (\d+\.\d+) - val_accuracy: (\d+\.\d+)$")
 
 
 def reload_and_predict(model_file, image_size, batch):
-    """Load a saved model in a new process, as a user would, and return its prediction shape."""
-    code = (
-        "import keras, numpy\n"
-        f"model = keras.models.load_model({str(model_file)!r})\n"
-        f"print(model.predict(numpy.zeros(({batch}, {image_size}, {image_size}, 3)), verbose=0).shape)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return result.stdout.strip().splitlines()[-1]
+    """Load a saved model as any Keras 3 program would, with no custom objects: its output shape."""
+    model = keras.models.load_model(model_file)
+    return model.predict(np.zeros((batch, image_size, image_size, 3)), verbose=0).shape
 
 
 def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
@@ -44,7 +39,7 @@ def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
 
     assert (tmp_path / "models" / "first.h5").is_file()
     assert (tmp_path / "models" / "first.weights.h5").is_file()
-    assert reload_and_predict(tmp_path / "models" / "first.h5", 32, 3) == "(3, 2)"
+    assert reload_and_predict(tmp_path / "models" / "first.h5", 32, 3) == (3, 2)
 
     runs = list((tmp_path / "logs").iterdir())
     assert len(runs) == 1 and re.fullmatch(r"FirstModel-\d{8}-\d{6}", runs[0].name)
@@ -58,17 +53,13 @@ def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
 def test_resumes_the_saved_model_not_a_new_one(small_dataset, tmp_path):
     """A model whose weights are all zero stays so when trained: a ReLU network with no signal
     has no gradient but for the last bias. A resumed run that built a new model would not."""
-    sys.path.insert(0, str(REPO))
-    import FirstModel
-    import image_tools
-
     train_dir, validation_dir = small_dataset
     model = FirstModel.build_model(32, 2)
     FirstModel.compile_model(model)
     model.set_weights([np.zeros_like(weights) for weights in model.get_weights()])
-    image_tools.save_model(model, str(tmp_path / "zero.h5"), ["apple", "berry"], epoch=1, metrics={})
+    keras_tools.save_run(model, str(tmp_path / "zero.h5"), ["apple", "berry"], 1, {}, keras_tools.BestEpoch())
 
-    result = run_script("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--initial-epoch", 1, "--epochs", 2, "--batch-size", 2, "--image-size", 32,
                         "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "zero.h5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-import image_tools
-from conftest import assert_one_line_error, make_images, run_script
+import image_files
+from helpers import assert_one_line_error, make_images, run_in_process
 
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "ClassImageAugmentationSample.py"]
 
 
 def run_on(script, tmp_path, train_dir, validation_dir):
-    return run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+    return run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
                       cwd=tmp_path)
 
 
@@ -46,7 +46,7 @@ def test_class_folder_without_images(script, tmp_path):
 def test_model_file_in_missing_folder_fails_before_training(script, small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / "no such folder" / "model.h5"
-    result = run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--model-file", model_file, "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, f"folder '{model_file.parent}' does not exist")
     assert "Epoch 1/" not in result.stdout
@@ -81,7 +81,7 @@ def test_a_single_class_is_not_a_classifier(script, tmp_path):
 def test_settings_that_cannot_work_fail_before_training(script, arguments, expected, small_dataset,
                                                         tmp_path):
     train_dir, validation_dir = small_dataset
-    result = run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--log-dir", tmp_path / "logs", *arguments, cwd=tmp_path)
     assert_one_line_error(result, expected)
     assert "Epoch 1/" not in result.stdout
@@ -90,7 +90,7 @@ def test_settings_that_cannot_work_fail_before_training(script, arguments, expec
 def test_model_file_that_is_a_folder(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "model.h5").mkdir()
-    result = run_script("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--model-file", tmp_path / "model.h5", cwd=tmp_path)
     assert_one_line_error(result, "it is a folder")
 
@@ -98,7 +98,7 @@ def test_model_file_that_is_a_folder(small_dataset, tmp_path):
 def test_output_folder_that_is_a_file(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "generated").write_text("a file, not a folder")
-    result = run_script("ClassImageAugmentationSample.py", "--train-dir", train_dir,
+    result = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir,
                         "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
                         cwd=tmp_path)
     assert_one_line_error(result, str(tmp_path / "generated"))
@@ -115,7 +115,7 @@ def test_training_folder_that_is_a_file(script, tmp_path):
 def test_log_folder_that_is_a_file(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "logs").write_text("not a folder")
-    result = run_script("SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process("SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, "is a file, not a folder")
     assert "Epoch 1/" not in result.stdout
@@ -123,7 +123,7 @@ def test_log_folder_that_is_a_file(small_dataset, tmp_path):
 
 def test_svm_negative_seed(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
-    result = run_script("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--log-dir", tmp_path / "logs", "--seed", -5, cwd=tmp_path)
     assert_one_line_error(result, "--seed -5 must be a whole number from 0 to")
 
@@ -132,5 +132,5 @@ def test_svm_negative_seed(small_dataset, tmp_path):
 def test_class_folder_name_that_is_not_text(tmp_path):
     make_images(tmp_path / "train", {"apple": 1})
     os.mkdir(os.fsencode(tmp_path / "train") + b"/caf\xe9")  # Latin-1 bytes, as old archives hold
-    with pytest.raises(image_tools.DataError, match="train/caf\ufffd' has a name that is not valid text"):
-        image_tools.class_names(str(tmp_path / "train"), "training")
+    with pytest.raises(image_files.DataError, match="train/caf\ufffd' has a name that is not valid text"):
+        image_files.class_names(str(tmp_path / "train"), "training")

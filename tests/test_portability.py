@@ -6,8 +6,9 @@ import stat
 import pytest
 from PIL import Image
 
-import image_tools
-from conftest import make_images, run_script, stderr_lines
+import ClassImageAugmentationSample
+import image_files
+from helpers import make_images, run_in_process, stderr_lines
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="file modes are a POSIX matter")
 
@@ -23,8 +24,8 @@ def umask_022():
 def test_images_are_read_without_sched_getaffinity(tmp_path, monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
     make_images(tmp_path, {"cat": 3})
-    paths = [str(tmp_path / "cat" / name) for name in image_tools.list_images(tmp_path / "cat")]
-    images, readable = image_tools.read_images(paths, 16)
+    paths = [str(tmp_path / "cat" / name) for name in image_files.list_images(tmp_path / "cat")]
+    images, readable = image_files.read_images(paths, 16)
     assert images.shape == (3, 16, 16, 3) and readable.all()
 
 
@@ -38,7 +39,7 @@ def test_new_images_without_hard_links_never_overwrite_and_are_readable_by_all(
     monkeypatch.setattr(os, "link", link_fails)
     (tmp_path / "star_0002.jpg").write_bytes(b"a user's file")
     picture = Image.new("RGB", (8, 8), "red")
-    written = [image_tools.save_new_jpeg(picture, str(tmp_path), "star") for _ in range(3)]
+    written = [image_files.save_new_jpeg(picture, str(tmp_path), "star") for _ in range(3)]
     assert [os.path.basename(path) for path in written] == ["star_0001.jpg", "star_0003.jpg",
                                                              "star_0004.jpg"]
     assert (tmp_path / "star_0002.jpg").read_bytes() == b"a user's file"
@@ -46,10 +47,10 @@ def test_new_images_without_hard_links_never_overwrite_and_are_readable_by_all(
         "star_0001.jpg", "star_0002.jpg", "star_0003.jpg", "star_0004.jpg"]  # no temporary file left
     assert all(stat.S_IMODE(os.stat(path).st_mode) == 0o644 for path in written)
 
-    copied = image_tools.copy_once(written[0], str(tmp_path), "star_0002.jpg")
+    copied = ClassImageAugmentationSample.copy_once(written[0], str(tmp_path), "star_0002.jpg")
     assert os.path.basename(copied) == "star_0002_2.jpg"
     assert (tmp_path / "star_0002.jpg").read_bytes() == b"a user's file"
-    assert image_tools.copy_once(written[0], str(tmp_path), "star_0002.jpg") is None
+    assert ClassImageAugmentationSample.copy_once(written[0], str(tmp_path), "star_0002.jpg") is None
 
 
 @POSIX_ONLY
@@ -57,7 +58,7 @@ def test_saved_files_follow_the_umask(tmp_path, umask_022):
     def save(path):
         with open(path, "wb") as file:
             file.write(b"model")
-    image_tools.write_atomically({str(tmp_path / "model.h5"): save,
+    image_files.save_files_atomically({str(tmp_path / "model.h5"): save,
                                   str(tmp_path / "model.weights.h5"): save})
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {
         "model.h5": 0o644, "model.weights.h5": 0o644}
@@ -67,7 +68,6 @@ def test_saved_files_follow_the_umask(tmp_path, umask_022):
 def runs(tmp_path_factory):
     """Every script run as on macOS, Windows or a FAT drive, under umask 022: {name: result}."""
     work = tmp_path_factory.mktemp("portability")
-    previous_umask = os.umask(0o022)
     train_dir = make_images(work / "data" / "train", {"apple": 8, "berry": 4}, seed=1)
     validation_dir = make_images(work / "data" / "validation", {"apple": 4, "berry": 4}, seed=2)
     (work / "data" / "train" / "refImage.png").write_bytes(
@@ -78,18 +78,22 @@ def runs(tmp_path_factory):
     (work / "data" / "generated" / "MY_CLASS_0002.jpg").write_bytes(b"mine too")
     common = ["--train-dir", train_dir, "--validation-dir", validation_dir]
     results = {}
+    previous_umask = os.umask(0o022)
     try:
-        for name, script, arguments in [
-            ("unitary", "UnitaryImageAugmentationSample.py", ["--count", 3]),
-            ("unitary again", "UnitaryImageAugmentationSample.py", ["--count", 3]),
-            ("balance", "ClassImageAugmentationSample.py", [*common, "--train-target", 10,
-                                                            "--validation-target", 5]),
-            ("first", "FirstModel.py", [*common, "--epochs", 2, "--batch-size", 2, "--image-size", 32]),
-            ("first predict", "FirstModel.py", ["--predict", validation_dir]),
-            ("svm", "SVMModel.py", common),
-            ("svm predict", "SVMModel.py", ["--predict", validation_dir]),
-        ]:
-            results[name] = run_script(script, *arguments, cwd=work, without_linux_calls=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
+            patch.setattr(os, "link", link_fails)  # as on FAT and exFAT drives
+            for name, script, arguments in [
+                ("unitary", "UnitaryImageAugmentationSample.py", ["--count", 3]),
+                ("unitary again", "UnitaryImageAugmentationSample.py", ["--count", 3]),
+                ("balance", "ClassImageAugmentationSample.py", [*common, "--train-target", 10,
+                                                                "--validation-target", 5]),
+                ("first", "FirstModel.py", [*common, "--epochs", 2, "--batch-size", 2, "--image-size", 32]),
+                ("first predict", "FirstModel.py", ["--predict", validation_dir]),
+                ("svm", "SVMModel.py", common),
+                ("svm predict", "SVMModel.py", ["--predict", validation_dir]),
+            ]:
+                results[name] = run_in_process(script, *arguments, cwd=work)
     finally:
         os.umask(previous_umask)
     return work, results
@@ -115,7 +119,7 @@ def test_files_already_there_are_never_overwritten(runs):
     assert (generated / "train" / "apple" / "Random_0001.jpg").read_bytes() == b"mine"
     for split, target in (("train", 10), ("validation", 5)):
         for class_name in ("apple", "berry"):
-            assert len(image_tools.list_images(generated / split / class_name)) == target
+            assert len(image_files.list_images(generated / split / class_name)) == target
 
 
 @POSIX_ONLY
@@ -141,10 +145,10 @@ def test_tensorflow_start_up_lines_are_hidden_and_real_errors_kept():
         "E0000 00:00:1795732359.610859    2205 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
         "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n")
     real_error = "E0000 00:00:1795732360.1    2205 some_op.cc:1] Out of memory while allocating\n"
-    assert image_tools.without_start_up_lines(start_up) == ""
-    assert image_tools.without_start_up_lines(start_up + real_error) == real_error
-    assert image_tools.without_start_up_lines("Traceback (most recent call last):\n") == \
+    assert image_files.without_start_up_lines(start_up) == ""
+    assert image_files.without_start_up_lines(start_up + real_error) == real_error
+    assert image_files.without_start_up_lines("Traceback (most recent call last):\n") == \
         "Traceback (most recent call last):\n"
     # With a CUDA driver, a failed cuInit is a real error: the GPU that is there cannot be used.
     cu_init_failed = start_up.splitlines(keepends=True)[-1]
-    assert image_tools.without_start_up_lines(cu_init_failed) == cu_init_failed
+    assert image_files.without_start_up_lines(cu_init_failed) == cu_init_failed

@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from conftest import REPO
+from helpers import REPO
 
 DATA = REPO / "data"
 EXPECTED = {"train": {"circle": 120, "square": 100, "triangle": 70, "star": 51},

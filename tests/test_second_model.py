@@ -5,14 +5,14 @@ import re
 import h5py
 import keras
 
-import image_tools
-from conftest import assert_one_line_error, logged_scalars, stderr_lines, run_script
+import keras_tools
+from helpers import assert_one_line_error, logged_scalars, run_in_process, run_script, stderr_lines
 from test_first_model import FINAL_LINE, reload_and_predict
 
 
-def train_second_model(dataset, tmp_path, *extra_args):
+def train_second_model(dataset, tmp_path, *extra_args, run=run_in_process):
     train_dir, validation_dir = dataset
-    return run_script(
+    return run(
         "SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
         "--batch-size", 4, "--image-size", 32, "--log-dir", tmp_path / "logs",
         "--model-file", tmp_path / "second.h5", *extra_args, cwd=tmp_path)
@@ -24,14 +24,14 @@ def optimizer_iterations(model_file):
 
 
 def test_class_weights_training_and_resume(small_dataset, tmp_path):
-    first = train_second_model(small_dataset, tmp_path, "--epochs", 1)
+    first = train_second_model(small_dataset, tmp_path, "--epochs", 1, run=run_script)
     assert first.returncode == 0, first.stderr
     assert stderr_lines(first) == []  # not even TensorFlow's start-up lines
     # 8 apples and 4 berries: weight = largest class count / class count.
     assert "Class weights: apple 1.000, berry 2.000" in first.stdout
     assert FINAL_LINE.match(first.stdout.strip().splitlines()[-1])
     assert (tmp_path / "second.weights.h5").is_file()
-    assert reload_and_predict(tmp_path / "second.h5", 32, 5) == "(5, 2)"
+    assert reload_and_predict(tmp_path / "second.h5", 32, 5) == (5, 2)
     # 12 training images at batch size 4: 3 steps an epoch.
     assert optimizer_iterations(tmp_path / "second.h5") == 3
 
@@ -68,7 +68,7 @@ def test_epochs_must_be_above_initial_epoch(small_dataset, tmp_path):
 def test_initial_epoch_must_match_the_saved_model(small_dataset, tmp_path):
     model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(2)])
-    image_tools.save_model(model, str(tmp_path / "second.h5"), ["apple", "berry"], epoch=4, metrics={})
+    keras_tools.save_run(model, str(tmp_path / "second.h5"), ["apple", "berry"], 4, {}, keras_tools.BestEpoch())
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 3, "--epochs", 6)
     assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.h5'}' after epoch 3: it holds "
                                   "the model after epoch 4; use --initial-epoch 4")

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import image_tools
-from conftest import make_images, run_script
+import image_files
+import keras_tools
+from helpers import make_images, run_in_process
 
 FIRST_MODEL_EPOCHS = 11  # CONFUSION_MATRIX_EVERY is 10: one matrix after epoch 10, one at the end
 
@@ -35,15 +36,15 @@ def logs(tmp_path_factory):
     ):
         if script != "SVMModel.py":
             args += ["--batch-size", 2, "--image-size", 32]
-        result = run_script(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+        result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
                             "--log-dir", log_dir, *args, cwd=work)
         assert result.returncode == 0, result.stderr
         runs[script] = (run_name(result.stdout), result.stdout)
-    result = run_script("UnitaryImageAugmentationSample.py", "--image", train_dir / "apple" / "apple_000.png",
+    result = run_in_process("UnitaryImageAugmentationSample.py", "--image", train_dir / "apple" / "apple_000.png",
                         "--output-dir", work / "copies", "--count", 5, "--log-dir", log_dir, cwd=work)
     assert result.returncode == 0, result.stderr
     runs["UnitaryImageAugmentationSample.py"] = (run_name(result.stdout), result.stdout)
-    result = run_script("ClassImageAugmentationSample.py", "--train-dir", train_dir,
+    result = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir,
                         "--validation-dir", validation_dir, "--output-dir", work / "balanced",
                         "--train-target", 10, "--validation-target", 5, "--log-dir", log_dir, cwd=work)
     assert result.returncode == 0, result.stderr
@@ -212,12 +213,10 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     assert 0 <= svm_values[("validation", "epoch_accuracy")] <= 1
 
 
-def test_confusion_matrix_and_report_count_right():
+def test_report_counts_right():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predictions = np.array([0, 0, 1, 1, 1, 1])
-    counts = image_tools.confusion_matrix(labels, predictions, 3)
-    assert counts.tolist() == [[2, 1, 0], [0, 2, 0], [0, 1, 0]]
-    report = image_tools.classification_report(counts, ["ant", "bee", "cat"]).splitlines()
+    report = keras_tools.report_table(labels, predictions, ["ant", "bee", "cat"]).splitlines()
     assert report[2] == "| ant | 1.000 | 0.667 | 3 |"
     assert report[3] == "| bee | 0.500 | 1.000 | 2 |"
     assert report[4] == "| cat | n/a | 0.000 | 1 |"  # never predicted: no precision
@@ -226,9 +225,9 @@ def test_confusion_matrix_and_report_count_right():
 
 def test_pictures_fit_their_content():
     counts = np.array([[5, 1], [0, 6]])
-    two_classes = image_tools.draw_confusion_matrix(counts, ["ant", "bee"], "after epoch 1")
-    long_names = image_tools.draw_confusion_matrix(counts, ["a" * 40, "b" * 40], "after epoch 1")
+    two_classes = image_files.draw_confusion_matrix(counts, ["ant", "bee"], "after epoch 1")
+    long_names = image_files.draw_confusion_matrix(counts, ["a" * 40, "b" * 40], "after epoch 1")
     assert two_classes.mode == "RGB" and long_names.width > two_classes.width
     tiles = [Image.new("RGB", size) for size in ((30, 20), (300, 600), (32, 32))]
-    grid = image_tools.picture_grid(tiles, ["wide", "tall", "square"], columns=2, tile=100)
+    grid = image_files.picture_grid(tiles, ["wide", "tall", "square"], columns=2, tile=100)
     assert grid.size == (200, 2 * (100 + 18))

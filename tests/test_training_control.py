@@ -2,16 +2,13 @@
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 
 import h5py
 import pytest
 
-import image_tools
-from conftest import REPO, logged_scalars, make_images, stderr_lines, run_script
+import keras_tools
+from helpers import logged_scalars, make_images, run_in_process, stderr_lines
 from test_first_model import FINAL_LINE
 
 SCRIPTS = ["FirstModel", "SecondModel"]
@@ -36,21 +33,11 @@ def misleading_dataset(tmp_path):
     return train_dir, validation_dir
 
 
-def run_with_constants(script, constants, *args, cwd):
-    """Run script's main() with some of its top-of-file constants changed, as a user edits them."""
-    code = "\n".join([f"import {script}", *(f"{script}.{name} = {value!r}"
-                                           for name, value in constants.items()),
-                      f"{script}.main()"])
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_saves_the_last_epoch_and_the_epoch_of_lowest_val_loss(script, small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / "model.h5"
-    result = run_script(f"{script}.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+    result = run_in_process(f"{script}.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--epochs", 6, "--batch-size", 2, "--image-size", 32,
                         "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -79,11 +66,11 @@ def test_saves_the_last_epoch_and_the_epoch_of_lowest_val_loss(script, small_dat
 def test_lowers_the_learning_rate_then_stops_when_val_loss_stops_falling(
         script, misleading_dataset, tmp_path):
     train_dir, validation_dir = misleading_dataset
-    result = run_with_constants(
-        script, {"REDUCE_LR_PATIENCE": 1, "EARLY_STOPPING_PATIENCE": 3},
-        "--train-dir", train_dir, "--validation-dir", validation_dir, "--epochs", 30,
+    result = run_in_process(
+        f"{script}.py", "--train-dir", train_dir, "--validation-dir", validation_dir, "--epochs", 30,
         "--batch-size", 2, "--image-size", 32, "--log-dir", tmp_path / "logs",
-        "--model-file", tmp_path / "model.h5", cwd=tmp_path)
+        "--model-file", tmp_path / "model.h5", cwd=tmp_path,
+        constants={"REDUCE_LR_PATIENCE": 1, "EARLY_STOPPING_PATIENCE": 3})
     assert result.returncode == 0, result.stderr
 
     val_losses = epoch_val_losses(result.stdout)
@@ -108,9 +95,9 @@ def test_a_resumed_run_replaces_the_best_epoch_only_with_a_better_one(misleading
     arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--batch-size", 2,
                  "--image-size", 32, "--log-dir", tmp_path / "logs",
                  "--model-file", tmp_path / "model.h5"]
-    first = run_script(f"{script}.py", *arguments, "--epochs", 2, cwd=tmp_path)
+    first = run_in_process(f"{script}.py", *arguments, "--epochs", 2, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    resumed = run_script(f"{script}.py", *arguments, "--initial-epoch", 2, "--epochs", 5, cwd=tmp_path)
+    resumed = run_in_process(f"{script}.py", *arguments, "--initial-epoch", 2, "--epochs", 5, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming {tmp_path / 'model.h5'} after epoch 2" in resumed.stdout
     assert saved_epoch(tmp_path / "model.h5")[0] == 5
@@ -131,7 +118,7 @@ def test_a_nan_val_loss_is_never_the_best_epoch():
         def get_weights(self):
             return self.weights
 
-    model, best_epoch = FakeModel(), image_tools.BestEpoch()
+    model, best_epoch = FakeModel(), keras_tools.BestEpoch()
     best_epoch.set_model(model)
     for epoch, val_loss in enumerate([float("nan"), 0.9, float("nan"), 0.7, 0.8]):
         model.weights = epoch
@@ -139,7 +126,7 @@ def test_a_nan_val_loss_is_never_the_best_epoch():
     assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (4, 3, 0.7)
 
     # A NaN kept by a run saved before this check is beaten by the first number.
-    resumed = image_tools.BestEpoch(epoch=2, metrics={"val_loss": float("nan")}, weights="old")
+    resumed = keras_tools.BestEpoch(epoch=2, metrics={"val_loss": float("nan")}, weights="old")
     resumed.set_model(model)
     resumed.on_epoch_end(5, {"val_loss": 1.5})
     assert (resumed.epoch, resumed.metrics["val_loss"]) == (6, 1.5)

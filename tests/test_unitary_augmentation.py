@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from conftest import assert_one_line_error, make_images, stderr_lines, run_script
+from helpers import assert_one_line_error, make_images, run_in_process, run_script, stderr_lines
 
 
 def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
@@ -20,7 +20,7 @@ def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
 
     # A second run with the same prefix adds new copies after the first 21, leaving those as they were.
     written = {path.name: path.read_bytes() for path in copies}
-    again = run_script("UnitaryImageAugmentationSample.py", "--count", 3, cwd=tmp_path)
+    again = run_in_process("UnitaryImageAugmentationSample.py", "--count", 3, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     after = sorted(path.name for path in (tmp_path / "data" / "generated").iterdir())
     assert after == [f"MY_CLASS_{n:04d}.jpg" for n in range(1, 25)]
@@ -30,7 +30,7 @@ def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
 
 def test_flags_choose_image_folder_count_and_prefix(tmp_path):
     make_images(tmp_path / "in", {"cat": 1})
-    result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "in/cat/cat_000.png",
+    result = run_in_process("UnitaryImageAugmentationSample.py", "--image", tmp_path / "in/cat/cat_000.png",
                         "--output-dir", tmp_path / "out", "--count", 4, "--prefix", "cat", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
@@ -38,7 +38,7 @@ def test_flags_choose_image_folder_count_and_prefix(tmp_path):
 
 
 def test_missing_image_is_one_clear_line(tmp_path):
-    result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "nope.png",
+    result = run_in_process("UnitaryImageAugmentationSample.py", "--image", tmp_path / "nope.png",
                         cwd=tmp_path)
     assert result.returncode != 0
     assert stderr_lines(result) == [
@@ -48,7 +48,7 @@ def test_missing_image_is_one_clear_line(tmp_path):
 
 def test_corrupt_image_is_one_clear_line(tmp_path):
     (tmp_path / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
-    result = run_script("UnitaryImageAugmentationSample.py", "--image", tmp_path / "half.png",
+    result = run_in_process("UnitaryImageAugmentationSample.py", "--image", tmp_path / "half.png",
                         "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert_one_line_error(result, f"cannot read image '{tmp_path / 'half.png'}'")
     assert not (tmp_path / "out").exists()

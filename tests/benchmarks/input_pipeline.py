@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 PHOTO_SIZES = {"12 MP": (4032, 3024), "300x200": (300, 200)}
@@ -81,15 +81,14 @@ def measure(pipeline, data_dir, batch_size, epochs):
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     import FirstModel
-    import image_tools
+    import keras_tools
+    import image_files
 
     keras.utils.set_random_seed(0)
     train_dir, validation_dir = data_dir / "train", data_dir / "validation"
-    names, _, _ = image_tools.check_image_folders(train_dir, validation_dir)
+    names, _, _ = image_files.check_image_folders(train_dir, validation_dir)
     size = FirstModel.IMAGE_SIZE
-    augmentation = ImageDataGenerator(shear_range=FirstModel.SHEAR_RANGE,
-                                      zoom_range=FirstModel.ZOOM_RANGE,
-                                      horizontal_flip=FirstModel.HORIZONTAL_FLIP)
+    augmentation = ImageDataGenerator(**FirstModel.AUGMENTATION)
     read_seconds = 0.0
     if pipeline == "2018-style":
         augmentation.rescale = 1.0 / 255
@@ -103,15 +102,16 @@ def measure(pipeline, data_dir, batch_size, epochs):
     else:
         started = time.perf_counter()
         # The scripts' own read; its "Read N images" line goes before the figures' JSON line.
-        train_images, train_labels, validation_images, validation_labels = (
-            image_tools.load_training_and_validation(train_dir, validation_dir, names, size))
+        train_images, train_labels, _ = image_files.read_image_folder(train_dir, names, size, "training")
+        validation_images, validation_labels, _ = image_files.read_image_folder(
+            validation_dir, names, size, "validation")
         read_seconds = time.perf_counter() - started
         image_count = len(train_images)
         if pipeline == "in-memory":
             fit_arguments = dict(
-                x=image_tools.training_batches(train_images, train_labels, len(names),
-                                                 batch_size, 0, augmentation),
-                validation_data=image_tools.validation_batches(
+                x=keras_tools.training_batches(train_images, train_labels, len(names),
+                                               batch_size, 0, FirstModel.AUGMENTATION),
+                validation_data=keras_tools.validation_batches(
                     validation_images, validation_labels, len(names), batch_size))
         else:
             def tensors(images, labels):

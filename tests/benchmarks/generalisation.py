@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 DATA_SETS = {
@@ -104,13 +104,13 @@ def run_settings(model, variant, script):
 
 def stratified_split(train_dir, class_names):
     """(training paths, labels), (validation paths, labels): VALIDATION_FRACTION of each class."""
-    import image_tools
+    import image_files
 
     rng = np.random.default_rng(SPLIT_SEED)
     split = {"training": ([], []), "validation": ([], [])}
     for index, class_name in enumerate(class_names):
         class_dir = os.path.join(train_dir, class_name)
-        paths = [os.path.join(class_dir, name) for name in image_tools.list_images(class_dir)]
+        paths = [os.path.join(class_dir, name) for name in image_files.list_images(class_dir)]
         chosen = set(rng.permutation(len(paths))[:round(len(paths) * VALIDATION_FRACTION)])
         for position, path in enumerate(paths):
             role = "validation" if position in chosen else "training"
@@ -120,9 +120,9 @@ def stratified_split(train_dir, class_names):
 
 
 def read_split(paths, labels, image_size):
-    import image_tools
+    import image_files
 
-    images, readable = image_tools.read_images(paths, image_size)
+    images, readable = image_files.read_images(paths, image_size)
     return images, np.array(labels, dtype=np.int64)[readable]
 
 
@@ -142,12 +142,12 @@ def run(args):
     if not data_dir.is_dir():
         print(f"skipped: {data_dir} is not there")
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_tools  # first: TensorFlow starts there, quietly
+
     import keras
     import tensorflow as tf
-    from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-    import image_tools
+    import image_files
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -156,13 +156,13 @@ def run(args):
     settings = run_settings(args.model, args.variant, script)
     image_size = settings["image_size"]
     epochs = args.epochs or settings["epochs"]
-    class_names = image_tools.class_names(str(data_dir / "train"), "training")
+    class_names = image_files.class_names(str(data_dir / "train"), "training")
 
     (train_paths, train_labels), (validation_paths, validation_labels) = stratified_split(
         str(data_dir / "train"), class_names)
     train_images, train_labels = read_split(train_paths, train_labels, image_size)
     validation_images, validation_labels = read_split(validation_paths, validation_labels, image_size)
-    test_images, test_labels, _ = image_tools.load_images(
+    test_images, test_labels, _ = image_files.read_image_folder(
         str(data_dir / "validation"), class_names, image_size, "test")
 
     keras.utils.set_random_seed(args.seed)
@@ -172,15 +172,14 @@ def run(args):
         class_weights = {index: counts.max() / count for index, count in enumerate(counts)}
     elif settings["sampling"] == "balanced":
         train_images, train_labels = oversampled(train_images, train_labels, args.seed)
-    augmentation = (ImageDataGenerator(**settings["augmentation"])
-                    if settings["augmentation"] else None)
+    augmentation = settings["augmentation"]
 
     num_classes = len(class_names)
-    train_batches = image_tools.training_batches(
+    train_batches = keras_tools.training_batches(
         train_images, train_labels, num_classes, settings["batch_size"], args.seed, augmentation)
-    validation_batches = image_tools.validation_batches(
+    validation_batches = keras_tools.validation_batches(
         validation_images, validation_labels, num_classes, 32)
-    test_batches = image_tools.validation_batches(test_images, test_labels, num_classes, 32)
+    test_batches = keras_tools.validation_batches(test_images, test_labels, num_classes, 32)
     model = script.build_model(image_size, num_classes)
     script.compile_model(model)
 

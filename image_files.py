@@ -1,0 +1,449 @@
+"""Image folders in, files out: the plumbing every script shares, without TensorFlow
+(which keras_tools starts, its start-up lines hidden by start_up_lines_hidden here).
+
+A data set is a folder with one sub-folder of images per class, the class names
+being the sub-folder names in sorted order, as Keras' flow_from_directory has them:
+
+    data/train/cats/001.jpg      data/validation/cats/101.jpg
+    data/train/dogs/002.png      data/validation/dogs/102.png
+
+Names: read_* read images, save_* write files (never overwriting a file, never
+leaving half of one), check_* raise DataError, the one-line problems a user can fix.
+"""
+
+import concurrent.futures
+import contextlib
+import itertools
+import math
+import os
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+# The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
+
+# Photos up to Pillow's hard limit (about 179 megapixels) load without a warning;
+# larger ones raise DecompressionBombError and are skipped like unreadable files.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+class DataError(Exception):
+    """A problem with the user's folders, files or settings, told in one line."""
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def notice(message):
+    """A line for the user while the script works, at once."""
+    print(message, flush=True)
+
+
+def readable_text(text):
+    """text as valid Unicode: the bytes of a file name that are not UTF-8 become \ufffd."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# Lines TensorFlow prints as it starts that say nothing a user must act on: absl's banner,
+# its information lines (no CUDA driver, CPU instructions, oneDNN) and their second line.
+# keras_tools starts TensorFlow inside start_up_lines_hidden().
+_START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)"
+                            r"|I\d{4} |To enable the following instructions:")
+
+
+def without_start_up_lines(text):
+    """text less TensorFlow's start-up lines, and its failed cuInit where no CUDA driver was
+    found (there is no GPU, then); with a driver, that is a real error and stays."""
+    no_gpu_driver = "Could not find cuda drivers" in text
+    return "".join(line for line in text.splitlines(keepends=True) if not _START_UP_LINE.match(line)
+                   and not (no_gpu_driver and "failed call to cuInit" in line))
+
+
+@contextlib.contextmanager
+def start_up_lines_hidden():
+    """What is written on file descriptor 2 inside the block, printed less start-up lines after it."""
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no console, or a stream with no file behind it
+        yield
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(stderr_fd)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), stderr_fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, stderr_fd)
+            os.close(saved_stderr)
+            caught.seek(0)
+            sys.stderr.write(without_start_up_lines(caught.read().decode(errors="replace")))
+            sys.stderr.flush()
+
+
+# Checking folders and settings, before anything slow starts.
+
+def list_images(folder):
+    """Paths, relative to folder, of the images in it and its sub-folders, less hidden ones,
+    in flow_from_directory's order (folder by folder, sorted by path, then by file name)."""
+    found = []
+    for root, sub_folders, names in os.walk(folder):
+        sub_folders[:] = [name for name in sub_folders if not name.startswith(".")]
+        found.append((root, sorted(name for name in names if not name.startswith(".")
+                                   and name.lower().endswith(IMAGE_EXTENSIONS))))
+    return [os.path.relpath(os.path.join(root, name), folder) for root, names in sorted(found)
+            for name in names]
+
+
+def class_names(data_dir, role):
+    """Sorted class sub-folder names of data_dir; role ("training", ...) is for messages."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"{role} folder '{data_dir}' is a file, not a folder: "
+                        "name a folder with one sub-folder of images per class")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{role} folder '{data_dir}' does not exist: "
+                        "create it with one sub-folder of images per class")
+    names = sorted(name for name in os.listdir(data_dir)
+                   if not name.startswith(".") and os.path.isdir(os.path.join(data_dir, name)))
+    if not names:
+        raise DataError(f"{role} folder '{data_dir}' has no class sub-folders: "
+                        "put the images of each class in a sub-folder named after the class")
+    for name in names:
+        if name != readable_text(name):  # class names go into model files and TensorBoard
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, readable_text(name))}' "
+                            "has a name that is not valid text (UTF-8): rename the folder")
+    return names
+
+
+def check_image_folders(train_dir, validation_dir):
+    """(class names, training counts, validation counts) of two folders fit to train on."""
+    train_classes = class_names(train_dir, "training")
+    validation_classes = class_names(validation_dir, "validation")
+    if train_classes != validation_classes:
+        raise DataError(f"training classes {train_classes} in '{train_dir}' differ from "
+                        f"validation classes {validation_classes} in '{validation_dir}': "
+                        "both folders need the same class sub-folders")
+    if len(train_classes) < 2:
+        raise DataError(f"'{train_dir}' has a single class '{train_classes[0]}': "
+                        "a classifier needs at least two class sub-folders")
+    counts = []
+    for data_dir, role in ((train_dir, "training"), (validation_dir, "validation")):
+        counts.append({name: len(list_images(os.path.join(data_dir, name))) for name in train_classes})
+        for name, count in counts[-1].items():
+            if count == 0:
+                raise DataError(f"{role} class folder '{os.path.join(data_dir, name)}' has no images: "
+                                f"add {', '.join(IMAGE_EXTENSIONS)} files or remove the folder")
+    return train_classes, counts[0], counts[1]
+
+
+def check_output_file(path, suffix):
+    """Fail now, not after an hour of training, when a model cannot be saved as path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not path.endswith(suffix) or path.endswith(".weights.h5"):
+        raise DataError(f"cannot save a model as '{path}': --model-file must end in {suffix}"
+                        + (" (and not .weights.h5, the name of the weights saved beside it)"
+                           if suffix == ".h5" else ""))
+    if not os.path.isdir(folder):
+        raise DataError(f"cannot write '{path}': folder '{folder}' does not exist; "
+                        "create it or choose another --model-file")
+    if os.path.isdir(path):
+        raise DataError(f"cannot write '{path}': it is a folder; choose another --model-file")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"cannot write '{path}': no permission to write in '{folder}'; "
+                        "choose another --model-file")
+
+
+def check_log_folder(log_dir):
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise DataError(f"--log-dir '{log_dir}' is a file, not a folder: choose another --log-dir")
+    if os.path.isdir(log_dir) and not os.access(log_dir, os.W_OK):
+        raise DataError(f"--log-dir '{log_dir}': no permission to write in it; choose another --log-dir")
+
+
+def check_seed(seed):
+    """NumPy and TensorFlow take seeds from 0 to 2**32 - 1; the model scripts add the epoch."""
+    if not 0 <= seed < 2 ** 32 - 100_000:
+        raise DataError(f"--seed {seed} must be a whole number from 0 to {2 ** 32 - 100_001}")
+
+
+# Reading images: any photo a user keeps, upright and RGB.
+
+def to_rgb(image):
+    """Any Pillow image as 8-bit RGB: 16-bit and float pixels scaled, transparency on white."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64)
+        full_scale = 65535 if image.mode.startswith("I;16") or pixels.max() > 255 else 255
+        image = Image.fromarray(np.clip(pixels * (255 / full_scale), 0, 255).astype(np.uint8))
+    if "A" in image.getbands() or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def why_unreadable(path, error):
+    """A short reason, for a warning line, why the image at path could not be read."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "the file is empty"
+    if not os.path.exists(path):
+        return "no such file"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image that Pillow can read"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"more pixels than Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS} against decompression bombs"
+    return str(error) or type(error).__name__
+
+
+def read_rgb(path):
+    """The image at path, upright and RGB, full size; a DataError names the file if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return to_rgb(ImageOps.exif_transpose(image))
+    except Exception as error:  # Pillow raises many kinds on a damaged or foreign file
+        raise DataError(f"cannot read image '{path}': {why_unreadable(path, error)}") from None
+
+
+def read_image(path, image_size):
+    """One image as the models see it: image_size x image_size x 3 uint8, stretched to a square
+    as flow_from_directory did, resized with antialiasing; a large JPEG is decoded small (draft)."""
+    with Image.open(path) as image:
+        image.draft("RGB", (image_size, image_size))
+        upright = to_rgb(ImageOps.exif_transpose(image))
+    return np.asarray(upright.resize((image_size, image_size), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def read_images(paths, image_size):
+    """(uint8 array of the images at paths that can be read, readable mask), read in parallel;
+    each file that cannot be read is warned about and left out."""
+    images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+
+    def read_into(position):
+        try:
+            images[position] = read_image(paths[position], image_size)
+        except Exception as error:  # any file that does not decode is skipped, whatever the reason
+            return why_unreadable(paths[position], error)
+
+    # Pillow decodes and resizes outside Python's global lock, so threads use every core
+    # (os.process_cpu_count, new in Python 3.13, counts those this process may use).
+    cores = (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=cores) as pool:
+        problems = list(pool.map(read_into, range(len(paths))))
+    for path, problem in zip(paths, problems):
+        if problem:
+            warn(f"skipped '{path}': {problem}")
+    readable = np.array([problem is None for problem in problems], dtype=bool)
+    return (images if readable.all() else images[readable]), readable
+
+
+def read_image_folder(data_dir, class_names, image_size, role):
+    """(images, labels, paths) of every readable image of data_dir's class folders, in
+    flow_from_directory's order; a class left without a readable image is a DataError."""
+    paths, labels = [], []
+    for index, class_name in enumerate(class_names):
+        for name in list_images(os.path.join(data_dir, class_name)):
+            paths.append(os.path.join(data_dir, class_name, name))
+            labels.append(index)
+    images, readable = read_images(paths, image_size)
+    if not readable.all():
+        warn(f"skipped {np.sum(~readable)} of {len(paths)} {role} images that could not be read")
+    labels = np.array(labels, dtype=np.int64)[readable]
+    for index, class_name in enumerate(class_names):
+        if not np.any(labels == index):
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, class_name)}' has no "
+                            "readable images: replace the files warned about above")
+    return images, labels, [path for path, ok in zip(paths, readable) if ok]
+
+
+def list_images_to_predict(path):
+    """The image at path, or every image under the folder path, in sorted path order."""
+    if os.path.isdir(path):
+        paths = sorted(os.path.join(path, name) for name in list_images(path))
+    elif os.path.isfile(path):
+        paths = [path]
+    else:
+        raise DataError(f"--predict '{path}' does not exist: name an image or a folder of images")
+    if not paths:
+        raise DataError(f"--predict '{path}' holds no images: give {', '.join(IMAGE_EXTENSIONS)} files")
+    return paths
+
+
+def read_images_to_predict(paths, image_size):
+    """(images, paths) of the images at paths that can be read, read as for training."""
+    images, readable = read_images(paths, image_size)
+    if not readable.any():
+        raise DataError("none of the images to predict can be read: see the warnings above")
+    return images, [path for path, ok in zip(paths, readable) if ok]
+
+
+# Writing files: never over an existing one, never half of one.
+
+def _new_hidden_file(folder, name):
+    """A new empty hidden file in folder for name's data. open(..., "xb") gives it the
+    permissions the umask leaves (-rw-r--r-- as a rule), where tempfile's are the owner's alone."""
+    stem, suffix = os.path.splitext(name)
+    suffix = ".weights" + suffix if stem.endswith(".weights") else suffix  # Keras checks the suffix
+    while True:
+        path = os.path.join(folder, f".{name}.partial-{secrets.token_hex(4)}{suffix}")
+        with contextlib.suppress(FileExistsError), open(path, "xb"):
+            return path
+
+
+@contextlib.contextmanager
+def _ctrl_c_held_off():
+    """Ctrl-C waits until the block, which must not be cut half-way, is done (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+
+
+def save_new_file(write, folder, names):
+    """Write a file through write(file object) under the first of names that is free; its path.
+
+    The data goes to a hidden file first; only a whole file gets a real name, never an
+    existing one: by a hard link where the drive has them, else by a rename onto a new
+    empty file made by an exclusive create (FAT and exFAT drives, some network shares).
+    """
+    temp_path = _new_hidden_file(folder, "new")
+    try:
+        with open(temp_path, "wb") as temp_file:
+            write(temp_file)
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                os.link(temp_path, path)
+                return path
+            except FileExistsError:
+                continue
+            except (OSError, AttributeError, NotImplementedError):
+                pass  # no hard links on this drive
+            with _ctrl_c_held_off():  # never an empty file left under the name
+                try:
+                    open(path, "xb").close()
+                except FileExistsError:
+                    continue
+                os.replace(temp_path, path)
+            return path
+    finally:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+
+
+def save_new_jpeg(image, folder, prefix):
+    """Save a Pillow image as the first free '<prefix>_<number>.jpg' in folder; its path."""
+    numbered_names = (f"{prefix}_{number:04d}.jpg" for number in itertools.count(1))
+    return save_new_file(lambda file: image.save(file, format="JPEG", quality=95), folder, numbered_names)
+
+
+def save_files_atomically(saves):
+    """Write a set of files, each through its save(temporary path), then put them all in place.
+
+    saves is {path: save}. Each file is written whole under a hidden name in its folder,
+    then all are renamed over their paths one right after the other, with Ctrl-C held
+    off: a crash or Ctrl-C leaves the previous set whole, never half a file or a mix.
+    """
+    temp_paths = {}
+    with _ctrl_c_held_off():
+        try:
+            for path, save in saves.items():
+                folder, name = os.path.split(os.path.abspath(path))
+                temp_paths[path] = _new_hidden_file(folder, name)
+                save(temp_paths[path])
+            for path, temp_path in temp_paths.items():
+                os.replace(temp_path, path)
+        finally:
+            for temp_path in temp_paths.values():
+                if os.path.exists(temp_path):
+                    os.unlink(temp_path)
+
+
+def new_run_folder(log_dir, name):
+    """Make a new TensorBoard run folder <log_dir>/<name>-<date>-<time>, or -2, -3, ... after it
+    if that is taken: os.mkdir makes a folder or fails in one step, so runs started in the
+    same second (a sweep in a shell loop) never share one."""
+    stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        for folder in itertools.chain([stamp], (f"{stamp}-{number}" for number in itertools.count(2))):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.join(log_dir, folder))
+                return os.path.join(log_dir, folder)
+    except OSError as error:
+        raise DataError(f"cannot make a TensorBoard run folder in '{log_dir}' "
+                        f"({error.strerror or error}): choose another --log-dir") from None
+
+
+def command_line(script, options):
+    """The command that runs script with options ({"model_file": ...} for --model-file, as
+    argparse keeps them; None left out), quoted for this system's shell."""
+    words = ["python", script] + [str(word) for name, value in options.items() if value is not None
+                                  for word in (f"--{name.replace('_', '-')}", value)]
+    return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
+
+
+# Pictures for TensorBoard.
+
+def _shortened(text, font, width):
+    """text, cut with an ellipsis to fit in width pixels."""
+    while font.getlength(text) > width and len(text) > 1:
+        text = text[:-2] + "\u2026"
+    return text
+
+
+def picture_grid(pictures, captions, columns, tile=160):
+    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its caption."""
+    font = ImageFont.load_default(size=12)
+    caption_height = 18
+    rows = math.ceil(len(pictures) / columns)
+    grid = Image.new("RGB", (columns * tile, rows * (tile + caption_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for number, (picture, caption) in enumerate(zip(pictures, captions)):
+        left, top = (number % columns) * tile, (number // columns) * (tile + caption_height)
+        fitted = ImageOps.contain(picture.convert("RGB"), (tile - 4, tile - 4), Image.Resampling.BICUBIC)
+        grid.paste(fitted, (left + (tile - fitted.width) // 2, top + (tile - fitted.height) // 2))
+        draw.text((left + tile // 2, top + tile + caption_height // 2),
+                  _shortened(readable_text(caption), font, tile - 4), fill="black", font=font, anchor="mm")
+    return grid
+
+
+def draw_confusion_matrix(counts, class_names, title):
+    """The confusion matrix as a picture: one row per true class, shaded by the row's share."""
+    font = ImageFont.load_default(size=14)
+    names = [_shortened(name, font, 150) for name in class_names]
+    widest_name = max(font.getlength(name) for name in names)
+    cell = max(64, int(widest_name) + 12)
+    left = int(max(widest_name, font.getlength("true class"))) + 20  # room for the row names
+    top = 80  # room for the title and the column names
+    matrix_size = len(names) * cell
+    picture = Image.new("RGB", (max(left + matrix_size, int(font.getlength(title))) + 20,
+                                top + matrix_size + 12), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 8), title, fill="black", font=font)
+    draw.text((left + matrix_size // 2, 34), "predicted class", fill="black", font=font, anchor="mt")
+    draw.text((left - 10, top - 6), "true class", fill="black", font=font, anchor="rb")
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    for row, name in enumerate(names):
+        draw.text((left - 10, top + row * cell + cell // 2), name, fill="black", font=font, anchor="rm")
+        draw.text((left + row * cell + cell // 2, top - 6), name, fill="black", font=font, anchor="mb")
+        for column in range(len(names)):
+            x, y, share = left + column * cell, top + row * cell, shares[row, column]
+            shade = tuple(int(255 - share * (255 - channel)) for channel in (31, 119, 180))
+            draw.rectangle([x, y, x + cell, y + cell], fill=shade, outline="grey")
+            draw.text((x + cell // 2, y + cell // 2), str(counts[row, column]),
+                      fill="white" if share > 0.5 else "black", font=font, anchor="mm")
+    return picture

@@ -1,0 +1,450 @@
+"""The Keras side of the scripts: a quiet TensorFlow start, batches augmented in memory,
+model files saved whole and resumed, Ctrl-C, and the pictures and tables runs log in TensorBoard.
+
+Import it before Keras or TensorFlow: TensorFlow starts here. Names: save_* write model
+files (all of a set or none), load_* read them, log_* write to TensorBoard.
+"""
+
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+
+import image_files
+from image_files import DataError
+
+# TensorFlow's start-up lines ("failed call to cuInit" without a GPU) read like failures.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and no C++ information lines later
+with image_files.start_up_lines_hidden():
+    import tensorflow as tf
+    tf.config.list_physical_devices("GPU")  # where TensorFlow looks for a GPU, and says so
+
+import h5py  # noqa: E402 (after TensorFlow's quiet start)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from tensorflow.keras.preprocessing.image import ImageDataGenerator  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+from tensorboard.plugins.hparams import api as hparams_api  # noqa: E402
+
+# Keras 3 calls .h5 files legacy at every save; the scripts save .h5 on purpose, as in 2018.
+logging.getLogger("absl").addFilter(lambda record: "considered legacy" not in record.getMessage())
+
+# Training images are shuffled, augmented and rescaled this many at a time, then batched.
+AUGMENTATION_CHUNK = 64
+
+
+# Checks of the CNN scripts' settings, made before anything slow starts.
+
+def check_training_settings(epochs, batch_size, image_size, augmentation):
+    """augmentation is ImageDataGenerator's keyword arguments, as the scripts state them."""
+    if epochs < 1 or batch_size < 1:
+        raise DataError(f"--epochs {epochs} and --batch-size {batch_size} must both be 1 or more")
+    # Three 3x3 convolutions, each followed by 2x2 pooling, need 22 pixels or more.
+    if image_size < 22:
+        raise DataError(f"--image-size {image_size} is too small: the network needs 22 pixels or more")
+    try:
+        generator = ImageDataGenerator(**augmentation)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"AUGMENTATION {augmentation}: {error}") from None
+    for setting in ("featurewise_center", "samplewise_center", "featurewise_std_normalization",
+                    "samplewise_std_normalization", "zca_whitening", "channel_shift_range",
+                    "preprocessing_function", "rescale"):
+        if getattr(generator, setting):
+            raise DataError(f"AUGMENTATION: {setting} is not applied to in-memory images: remove it")
+    for setting in ("width_shift_range", "height_shift_range"):
+        if not 0 <= getattr(generator, setting) < 1:
+            raise DataError(f"AUGMENTATION: {setting} must be a fraction of the image size, from 0 to 1")
+
+
+def check_resume(model_file, initial_epoch, epochs):
+    """Check a request to resume the model in model_file after initial_epoch, up to epochs."""
+    if initial_epoch < 0:
+        raise DataError(f"--initial-epoch {initial_epoch} must be 0 (a new model) or more")
+    if epochs <= initial_epoch:
+        raise DataError(f"--epochs {epochs} must be above --initial-epoch {initial_epoch}: "
+                        "--epochs is the epoch to stop after, not the number of epochs to add")
+    if initial_epoch == 0:
+        return
+    if not os.path.isfile(model_file):
+        raise DataError(f"cannot resume: model file '{model_file}' does not exist; train from the "
+                        "start (--initial-epoch 0) or name the saved model with --model-file")
+    try:
+        with h5py.File(model_file, "r") as saved:
+            recorded = int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None  # save_run's
+    except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
+        raise DataError(f"cannot resume: '{model_file}' is not a Keras model saved by these scripts "
+                        f"({error}); name another with --model-file") from None
+    if recorded is not None and recorded != initial_epoch:
+        raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: it holds the "
+                        f"model after epoch {recorded}; use --initial-epoch {recorded}")
+
+
+# Batches: the images stay in memory as uint8; augmentation runs on them inside tf.data.
+
+def network_input(images):
+    """uint8 images as the networks take them: floats in [0, 1], as rescale=1/255 did."""
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def _batches_of(images, labels, indices, num_classes):
+    """Images and one-hot labels picked by index batches: only indices are shuffled, as a
+    shuffle buffer would hold a second copy of the images."""
+    images, labels = tf.constant(images), tf.one_hot(labels, num_classes)
+    return indices.map(lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
+
+
+def validation_batches(images, labels, num_classes, batch_size):
+    """Batches in a fixed order, so that every epoch's val_loss is measured on the same images."""
+    indices = tf.data.Dataset.range(len(images)).batch(batch_size)
+    return _batches_of(images, labels, indices, num_classes).map(
+        lambda x, y: (network_input(x), y)).prefetch(tf.data.AUTOTUNE)
+
+
+def training_batches(images, labels, num_classes, batch_size, seed, augmentation=None):
+    """Shuffled batches, every image once per epoch, randomly transformed as
+    ImageDataGenerator(**augmentation) would (nothing if augmentation is empty), a chunk of
+    images at a time in TensorFlow: measured twice as fast as the generator's flow()."""
+    order = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed)
+    chunks = _batches_of(images, labels, order.batch(AUGMENTATION_CHUNK), num_classes)
+    if augmentation:
+        generator = ImageDataGenerator(**augmentation)
+        # One random seed per chunk makes the transforms repeatable with --seed.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        chunks = tf.data.Dataset.zip(chunks, seeds).map(
+            lambda chunk, chunk_seed: (augment(chunk[0], generator, chunk_seed), chunk[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    batches = chunks.map(lambda x, y: (network_input(x), y)).unbatch().batch(batch_size)
+    # unbatch() forgets how many batches there are; Keras needs it to end epochs quietly.
+    batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(len(images) / batch_size)))
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
+    """ImageDataGenerator's affine matrix for square images, one row per image: rotation, then
+    shift, shear and zoom about the centre; degrees and pixels, one value per image each.
+    Returns the 8-number transforms keras.ops.image.affine_transform takes."""
+    count = tf.shape(theta)[0]
+    zeros, ones, centre = tf.zeros([count]), tf.ones([count]), size / 2 - 0.5
+    theta, shear = theta * (math.pi / 180), shear * (math.pi / 180)
+
+    def matrices(first_row, second_row):
+        return tf.stack([tf.stack(row, axis=-1) for row in (first_row, second_row, [zeros, zeros, ones])],
+                        axis=-2)
+
+    matrix = matrices([ones, zeros, ones * centre], [zeros, ones, ones * centre])
+    for first_row, second_row in (
+        ([tf.cos(theta), -tf.sin(theta), zeros], [tf.sin(theta), tf.cos(theta), zeros]),
+        ([ones, zeros, shift_x], [zeros, ones, shift_y]),
+        ([ones, -tf.sin(shear), zeros], [zeros, tf.cos(shear), zeros]),
+        ([zoom_x, zeros, zeros], [zeros, zoom_y, zeros]),
+        ([ones, zeros, -ones * centre], [zeros, ones, -ones * centre]),
+    ):
+        matrix = tf.matmul(matrix, matrices(first_row, second_row))
+    return tf.concat([tf.reshape(matrix, [-1, 9])[:, :6], tf.zeros([count, 2])], axis=1)
+
+
+def augment(images, generator, seed):
+    """ImageDataGenerator.random_transform of a batch of square images, all at once: the same
+    ranges, matrix and fill mode, bilinear like its scipy transform; brightness_range multiplies
+    the pixels, without the generator's contrast stretch. Float32 pixels from 0 to 255."""
+    count, size = tf.shape(images)[0], images.shape[1]
+    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=8)))
+
+    def uniform(low, high):
+        return tf.random.stateless_uniform([count], next(seeds), minval=low, maxval=high)
+
+    # The draws of ImageDataGenerator.get_random_transform; its "height" shift moves along x.
+    transforms = affine_transforms(
+        size,
+        theta=uniform(-generator.rotation_range, generator.rotation_range),
+        shift_x=uniform(-generator.height_shift_range, generator.height_shift_range) * size,
+        shift_y=uniform(-generator.width_shift_range, generator.width_shift_range) * size,
+        shear=uniform(-generator.shear_range, generator.shear_range),
+        zoom_x=uniform(*generator.zoom_range), zoom_y=uniform(*generator.zoom_range))
+    transformed = keras.ops.image.affine_transform(
+        tf.cast(images, tf.float32), transforms, interpolation="bilinear",
+        fill_mode=generator.fill_mode, fill_value=generator.cval)
+    for enabled, axis in ((generator.horizontal_flip, 2), (generator.vertical_flip, 1)):
+        if enabled:
+            flip = uniform(0.0, 1.0) < 0.5
+            transformed = tf.where(flip[:, None, None, None], tf.reverse(transformed, [axis]), transformed)
+    if generator.brightness_range is not None:
+        brightness = uniform(*generator.brightness_range)
+        transformed = tf.clip_by_value(transformed * brightness[:, None, None, None], 0, 255)
+    return transformed
+
+
+# Model files: <name>.h5 (the last epoch), <name>.best.h5 (lowest val_loss), each with its
+# weights beside it (<name>.weights.h5), the class names, epoch and metrics in its attributes.
+
+def sibling_file(model_file, kind):
+    """<name>.<kind>.h5 beside model_file: kind is "weights", "best", "partial", ..."""
+    return f"{os.path.splitext(model_file)[0]}.{kind}.h5"
+
+
+def _model_saves(model, model_file, class_names, epoch, metrics, weights=None):
+    """{path: save} of model as model_file and its weights, with weights instead of its own if given."""
+    def with_weights(save):
+        if weights is None:
+            return save
+
+        def save_with_weights(path):
+            own_weights = model.get_weights()
+            model.set_weights(weights)
+            try:
+                save(path)
+            finally:
+                model.set_weights(own_weights)
+        return save_with_weights
+
+    def save_with_attributes(path):
+        model.save(path)
+        with h5py.File(path, "a") as saved:
+            saved.attrs["class_names"] = json.dumps(list(class_names))
+            saved.attrs["epoch"] = epoch
+            saved.attrs["metrics"] = json.dumps(metrics)
+
+    return {model_file: with_weights(save_with_attributes),
+            sibling_file(model_file, "weights"): with_weights(model.save_weights)}
+
+
+def save_run(model, model_file, class_names, epoch, metrics, best_epoch):
+    """Save model (epoch, counted from 1, and its Keras logs metrics) as model_file, and
+    best_epoch's weights as <name>.best.h5, all four files at once; returns their paths."""
+    saves = _model_saves(model, model_file, class_names, epoch, metrics)
+    if best_epoch.weights is not None:
+        saves.update(_model_saves(model, sibling_file(model_file, "best"), class_names,
+                                  best_epoch.epoch, best_epoch.metrics, best_epoch.weights))
+    image_files.save_files_atomically(saves)
+    return list(saves)
+
+
+def load_model(model_file, image_size=None, num_classes=None):
+    """The model in model_file, not compiled; its class names; checked against the data's
+    shapes when given. A file that is not such a model is a DataError."""
+    try:
+        model = keras.models.load_model(model_file, compile=False)
+        with h5py.File(model_file, "r") as saved:
+            class_names = json.loads(saved.attrs["class_names"])
+    except Exception as error:  # h5py and Keras raise many kinds on a file that is not a model
+        raise DataError(f"cannot load the model in '{model_file}' ({type(error).__name__}: {error}): "
+                        "it was not saved by these scripts; name another with --model-file") from None
+    expected_shape = (None, image_size, image_size, 3)
+    if image_size and (model.input_shape != expected_shape or model.output_shape != (None, num_classes)):
+        raise DataError(f"cannot resume '{model_file}': it takes {model.input_shape} and gives "
+                        f"{model.output_shape}, but the data needs {expected_shape} and {num_classes} classes")
+    return model, class_names
+
+
+def load_run(model_file, image_size, num_classes, compile_model):
+    """Go on with a run save_run saved: (compiled model with its optimizer state, BestEpoch so far)."""
+    model, _ = load_model(model_file, image_size, num_classes)
+    compile_model(model)
+    # load_model restores an .h5 model's weights, not its optimizer's state (Adadelta's averages).
+    with h5py.File(model_file, "r") as saved:
+        if "optimizer_weights" in saved:
+            state = saved["optimizer_weights"]
+            model.optimizer.build(model.trainable_variables)
+            model.optimizer.set_weights([state[name][()] for name in state.attrs["weight_names"]])
+    best_file = sibling_file(model_file, "best")
+    if not os.path.isfile(best_file):
+        return model, BestEpoch()
+    best_model, _ = load_model(best_file, image_size, num_classes)
+    with h5py.File(best_file, "r") as saved:
+        epoch, metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
+    return model, BestEpoch(epoch, metrics, best_model.get_weights())
+
+
+# Keras' ModelCheckpoint and BackupAndRestore write their files in place (a kill mid-save
+# truncates them) and keep no class names: the best epoch is kept in memory, saved with the last.
+class BestEpoch(keras.callbacks.Callback):
+    """The weights and logs of the epoch (counted from 1) with the lowest val_loss; a resumed run
+    starts from the one saved before, so that only a better epoch replaces it."""
+
+    def __init__(self, epoch=None, metrics=None, weights=None):
+        super().__init__()
+        self.epoch, self.metrics, self.weights = epoch, metrics, weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        # A NaN val_loss is never the best, and a NaN kept from before is beaten by any number.
+        best = math.nan if self.metrics is None else self.metrics.get("val_loss", math.nan)
+        if math.isfinite(logs["val_loss"]) and not logs["val_loss"] >= best:
+            self.epoch, self.weights = epoch + 1, self.model.get_weights()
+            self.metrics = {name: float(value) for name, value in logs.items()}
+
+
+class EpochInterrupted(Exception):
+    """Ctrl-C during an epoch's training steps: fit is left before the epoch is validated or logged."""
+
+
+class StopOnCtrlC(keras.callbacks.Callback):
+    """Ctrl-C stops fit keeping complete epochs only (a KeyboardInterrupt inside TensorFlow can
+    be lost, or stop it mid-step). During training steps, the next step's end raises
+    EpochInterrupted, and restore_last_epoch() puts back the weights and optimizer state of the
+    last complete epoch; during validation, the epoch is complete and fit stops after it. A second
+    Ctrl-C quits at once. Put it last, after ReduceLROnPlateau, which changes the optimizer."""
+
+    def __init__(self, initial_epoch):
+        super().__init__()
+        self.completed_epochs, self.last_epoch_logs = initial_epoch, None
+        self.interrupted, self._last_epoch_state = False, None
+
+    def on_train_begin(self, logs=None):
+        signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signal_number, frame):
+        self.interrupted, self.model.stop_training = True, True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        image_files.notice("\nCtrl-C: stopping; the epochs completed so far will be saved. "
+                           "Ctrl-C again quits without saving.")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            raise EpochInterrupted
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.completed_epochs, self.last_epoch_logs = epoch + 1, dict(logs)
+        self._last_epoch_state = (self.model.get_weights(),
+                                  [variable.numpy() for variable in self.model.optimizer.variables])
+
+    def restore_last_epoch(self):
+        if self._last_epoch_state is not None:
+            weights, optimizer_state = self._last_epoch_state
+            self.model.set_weights(weights)
+            for variable, value in zip(self.model.optimizer.variables, optimizer_state):
+                variable.assign(value)
+
+    def on_train_end(self, logs=None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script, options):
+    """After Ctrl-C, save the complete epochs (model holds the last) as <name>.partial.h5; returns
+    what to tell the user, with the command that goes on with the run's flags (options)."""
+    model_file, initial_epoch = options["model_file"], options["initial_epoch"]
+    completed = stop_on_ctrl_c.completed_epochs
+    if completed == initial_epoch == 0:
+        return ("Interrupted before the end of epoch 1; nothing saved. To start again: "
+                + image_files.command_line(script, options))
+    if completed == initial_epoch:
+        return (f"Interrupted before the end of epoch {completed + 1}; nothing new to save: {model_file} "
+                f"still holds epoch {completed}. To go on: {image_files.command_line(script, options)}")
+    partial_file = sibling_file(model_file, "partial")
+    saved = save_run(model, partial_file, class_names, completed, stop_on_ctrl_c.last_epoch_logs, best_epoch)
+    best = "" if best_epoch.weights is None else f" (lowest val_loss: epoch {best_epoch.epoch})"
+    go_on = image_files.command_line(script, {**options, "model_file": partial_file,
+                                              "initial_epoch": completed})
+    return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
+
+
+# TensorBoard: Keras writes each epoch's scalars in <run>/train and <run>/validation; the
+# scripts write the rest (settings, pictures, tables) in <run> itself.
+
+def log_hparams(run_log, run_dir, hparams, class_names, train_labels, augmentation=None):
+    """The run's settings, for the HParams dashboard, with its number of training images per class;
+    augmentation (ImageDataGenerator's keyword arguments) is recorded beside them, 0 where unset."""
+    counts = np.bincount(train_labels, minlength=len(class_names))
+    hparams = {**hparams, "train_images": len(train_labels),
+               "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))}
+    if augmentation is not None:
+        hparams.update({"rotation_range": 0, "width_shift_range": 0.0, "height_shift_range": 0.0,
+                        "shear_range": 0.0, "zoom_range": 0.0, "horizontal_flip": False, **augmentation})
+    # HParams takes numbers, booleans and valid text; folder names may hold any bytes.
+    hparams = {name: value if isinstance(value, (bool, int, float)) else image_files.readable_text(str(value))
+               for name, value in hparams.items()}
+    with run_log.as_default():
+        hparams_api.hparams(hparams, trial_id=image_files.readable_text(os.path.basename(run_dir)))
+    run_log.flush()
+
+
+def log_picture(run_log, tag, picture, step, description):
+    """One RGB picture (a PIL image) as a TensorBoard image."""
+    with run_log.as_default():
+        tf.summary.image(tag, np.asarray(picture)[None], step=step, description=description)
+    run_log.flush()
+
+
+def log_text(run_log, tag, markdown, step):
+    with run_log.as_default():
+        tf.summary.text(tag, markdown, step=step)
+    run_log.flush()
+
+
+def log_training_images(run_log, images, labels, class_names, augmentation, seed, step, count=16):
+    """A grid of training images as the network gets them: resized and, if augmentation, augmented.
+    The first images of each class in turn, so that every class shows."""
+    by_class = [np.flatnonzero(labels == index) for index in range(len(class_names))]
+    picked = [index for group in itertools.zip_longest(*by_class) for index in group if index is not None]
+    batch = images[picked[:count]]
+    if augmentation:
+        batch = augment(batch, ImageDataGenerator(**augmentation), tf.constant([seed, 0]))
+    pictures = [Image.fromarray(np.asarray(image).round().astype(np.uint8)) for image in batch]
+    captions = [class_names[labels[index]] for index in picked[:count]]
+    log_picture(run_log, "augmented_training_images" if augmentation else "training_images",
+                image_files.picture_grid(pictures, captions, columns=4), step,
+                "What the network is trained on: training images at the size it takes, "
+                + ("after random augmentation." if augmentation else "not augmented."))
+
+
+def report_table(labels, predictions, class_names):
+    """Per-class precision, recall and support, and the accuracy, as a Markdown table."""
+    report = classification_report(labels, predictions, labels=range(len(class_names)),
+                                   target_names=class_names, output_dict=True, zero_division=np.nan)
+    share = "{:.3f}".format  # n/a for nan: a class never predicted has no precision
+    lines = ["| class | precision | recall | support |", "|---|---|---|---|"] + [
+        f"| {name} | {share(report[name]['precision']).replace('nan', 'n/a')} | "
+        f"{share(report[name]['recall']).replace('nan', 'n/a')} | {report[name]['support']:.0f} |"
+        for name in class_names]
+    return "\n".join(lines + [f"| all: accuracy {np.mean(labels == predictions):.3f} | | | {len(labels)} |"])
+
+
+def log_confusion_matrix(run_log, labels, predictions, class_names, title, step):
+    counts = confusion_matrix(labels, predictions, labels=range(len(class_names)))
+    log_picture(run_log, "confusion_matrix", image_files.draw_confusion_matrix(counts, class_names, title),
+                step, "Validation images by true class (rows) and predicted class (columns).")
+
+
+class ValidationReport(keras.callbacks.Callback):
+    """The validation set's confusion matrix every few epochs, and at the end (after the last
+    epoch, or Ctrl-C) with the per-class report, kept in self.report. batches are
+    validation_batches(), in the order of labels."""
+
+    def __init__(self, run_log, batches, labels, class_names, every):
+        super().__init__()
+        self.run_log, self.batches, self.labels = run_log, batches, labels
+        self.class_names, self.every = class_names, every
+        self.last_epoch = self.logged_epoch = self.predictions = self.report = None
+
+    def _log(self, epoch):
+        self.logged_epoch = epoch
+        self.predictions = self.model.predict(self.batches, verbose=0).argmax(axis=1)
+        log_confusion_matrix(self.run_log, self.labels, self.predictions, self.class_names,
+                             f"Validation set after epoch {epoch + 1}", epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        if (epoch + 1) % self.every == 0:
+            self._log(epoch)
+
+    def on_train_end(self, logs=None):
+        if self.last_epoch is None:
+            return  # stopped before the first epoch ended: nothing new to report
+        if self.logged_epoch != self.last_epoch:
+            self._log(self.last_epoch)
+        self.report = report_table(self.labels, self.predictions, self.class_names)
+        log_text(self.run_log, "classification_report", self.report, self.last_epoch)
+
+
+def predict(model_file, path):
+    """(paths, predicted classes, their probabilities) of the images at path, by the model in model_file."""
+    paths = image_files.list_images_to_predict(path)
+    if not os.path.isfile(model_file):
+        raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
+    model, class_names = load_model(model_file)
+    images, paths = image_files.read_images_to_predict(paths, model.input_shape[1])
+    probabilities = model.predict(network_input(images), batch_size=32, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    return paths, [class_names[index] for index in predicted], probabilities.max(axis=1)

@@ -1,0 +1,105 @@
+"""What the tests share: running the scripts as users do, small image folders, TensorBoard events.
+
+run_script starts a script in a new Python process, exactly as `python Script.py ...`;
+run_in_process runs its `__main__` in the test's own process, seconds faster (no new
+TensorFlow start), for the runs whose process itself is not what a test is about.
+"""
+
+import contextlib
+import importlib.util
+import io
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+REPO = Path(__file__).resolve().parent.parent
+
+# One colour per class: a small CNN tells them apart within a few epochs.
+CLASS_COLOURS = [(220, 40, 40), (40, 40, 220), (40, 200, 40), (230, 200, 40)]
+
+
+def run_script(script, *args, cwd):
+    """Run one of the repository's scripts in a fresh Python process, in folder cwd, as a user does."""
+    command = [sys.executable, str(REPO / script), *map(str, args)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def stderr_lines(result):
+    """The non-empty lines a script printed to stderr (TensorFlow's start-up lines are hidden by it)."""
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, *expected_parts):
+    """The script failed with one line on stderr, holding every expected part, and no traceback."""
+    assert result.returncode != 0
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for part in expected_parts:
+        assert part in lines[0]
+
+
+def logged_scalars(event_dir):
+    """{tag: {step: value}} of the scalars in a TensorBoard event folder."""
+    events = EventAccumulator(str(event_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: {event.step: float(np.asarray(tensor_util.make_ndarray(event.tensor_proto)))
+                  for event in events.Tensors(tag)}
+            for tag in events.Tags()["tensors"]
+            if events.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def make_images(folder, counts, size=(40, 30), seed=0):
+    """Write counts[class] noisy images of each class's colour into folder/<class>/."""
+    rng = np.random.default_rng(seed)
+    for index, (class_name, count) in enumerate(counts.items()):
+        class_dir = Path(folder) / class_name
+        class_dir.mkdir(parents=True, exist_ok=True)
+        colour = np.array(CLASS_COLOURS[index % len(CLASS_COLOURS)])
+        for number in range(count):
+            noise = rng.integers(-30, 30, size=(size[1], size[0], 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+            extension = "png" if number % 3 == 0 else "jpg"
+            Image.fromarray(pixels).save(class_dir / f"{class_name}_{number:03d}.{extension}")
+    return Path(folder)
+
+
+
+def run_in_process(script, *args, cwd, constants=None):
+    """Run script with args in this process, in folder cwd, as `python script args` would run:
+    its exit code, stdout and stderr. constants, if given, replace the script's top-of-file
+    constants, as a user edits them; the run then calls main() as the script's end does."""
+    import keras
+    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    sys.argv = [str(REPO / script), *map(str, args)]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            if constants:
+                spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / script)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                vars(module).update(constants)
+                module.main()
+            else:
+                runpy.run_path(str(REPO / script), run_name="__main__")
+    except SystemExit as exit:  # as Python ends: a message is printed and the code is 1
+        if isinstance(exit.code, str):
+            stderr.write(exit.code + "\n")
+        returncode = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        keras.backend.clear_session()  # each run starts from a clean Keras, as in a new process
+    return subprocess.CompletedProcess(sys.argv, returncode, stdout.getvalue(), stderr.getvalue())
+
