@@ -161,7 +161,7 @@ def main():
         pictures, captions = top_up(source_dir, class_names, os.path.join(args.output_dir, role),
                                     target, augmentation)
         if pictures:
-            grids[role] = image_files.picture_grid(pictures, captions, columns=2 * EXAMPLES_PER_CLASS)
+            grids[role] = image_files.picture_grid(pictures, captions, columns=2, tile=170)
 
     # Before and after, side by side in TensorBoard: originals beside their copies.
     if grids:

@@ -1,12 +1,14 @@
 """SVMModel: the support vector machine the 2018 project set out to compare the CNNs with.
 
-No network: each image becomes a fixed set of numbers (colour histograms and a
-histogram of oriented gradients, HOG), and an SVM with an RBF kernel learns the
-classes from those. C and gamma are chosen by cross-validation on the training
-images only; the validation images are used once, to measure the chosen model.
+No network: each image becomes a fixed set of numbers (colour histograms of the
+whole image and of its quarters, a histogram of oriented gradients, HOG, and a small
+thumbnail), and an SVM with an RBF kernel learns the classes from those. C and gamma
+are chosen by cross-validation on the training images only; the validation images are
+used once, to measure the chosen model.
 
     python SVMModel.py                         # trains on data/train, checks on data/validation
     python SVMModel.py --predict photos/       # classifies photos with the saved SVMModel.joblib
+    python SVMModel.py --check-labels          # training photos whose label looks wrong
     tensorboard --logdir logs                  # the SVM beside the CNN runs
 
 Edit the constants below and run again; every run gets its own TensorBoard folder.
@@ -23,9 +25,11 @@ import joblib
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
 from sklearn.metrics import confusion_matrix
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -38,22 +42,28 @@ VALIDATION_DIR = "data/validation"
 LOG_DIR = "logs"
 MODEL_FILE = "SVMModel.joblib"
 
-# Features: computed on IMAGE_SIZE x IMAGE_SIZE images.
-IMAGE_SIZE = 64
-HISTOGRAM_BINS = 16  # per hue, saturation and value channel
-HOG_CELL = 8  # pixels per side of a HOG cell
-HOG_ORIENTATIONS = 9  # gradient directions from 0 to 180 degrees
+# Features, computed on FEATURES["image_size"] x FEATURES["image_size"] images, three
+# kinds that weigh the same in the SVM's distance (measured in docs/generalisation.md):
+FEATURES = dict(
+    image_size=64,
+    colour_bins=(8, 4, 4),  # hue, saturation, value: a joint histogram of 128 colours ...
+    colour_grid=2,  # ... of the whole image and of each cell of a 2x2 grid: where the colours are
+    hog_cell=16,  # pixels per side of a HOG cell: 4x4 cells, the outline more than the texture
+    hog_orientations=9,  # gradient directions from 0 to 180 degrees
+    thumbnail=8,  # an 8x8 RGB thumbnail: the layout of the picture
+)
 
 # The SVM, and the grid cross-validation chooses C and gamma from.
 C_GRID = [0.1, 1, 10, 100]
-GAMMA_GRID = ["scale", 1e-4, 1e-3]
+GAMMA_GRID = ["scale", 0.1, 0.3, 1, 3]
 CLASS_WEIGHT = "balanced"  # small classes weigh more, as SecondModel's class weights; or None
 CV_FOLDS = 5
 SEED = 2018
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description="Train SVMModel, an SVM on colour and HOG features.")
+    parser = argparse.ArgumentParser(
+        description="Train SVMModel, an SVM on colour, HOG and thumbnail features.")
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
     parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
@@ -65,41 +75,68 @@ def parse_args():
     parser.add_argument("--predict", metavar="PATH",
                         help="classify this image, or every image under this folder, with the "
                              "model in --model-file, instead of training")
+    parser.add_argument("--check-labels", action="store_true",
+                        help="instead of training, list the training images whose label looks "
+                             "wrong, the most suspect first: each image is classified by SVMs that "
+                             "did not see it (cross-validation, seconds); nothing is moved or changed")
     return parser.parse_args()
 
 
-def colour_histograms(image):
-    """What colours the image holds, wherever they are: hue, saturation and value histograms."""
+def colour_histograms(image, bins, grid):
+    """Which colours the image holds, and where: joint hue-saturation-value histograms of the
+    whole image and of each grid cell, square-rooted (Hellinger), so that no colour swamps the rest."""
     hsv = np.asarray(Image.fromarray(image).convert("HSV"))
-    return np.concatenate([np.histogram(hsv[..., channel], bins=HISTOGRAM_BINS, range=(0, 256))[0]
-                           for channel in range(3)]) / (image.shape[0] * image.shape[1])
+    side = hsv.shape[0] // grid
+    cells = [hsv] + [hsv[row:row + side, column:column + side]
+                     for row in range(0, side * grid, side) for column in range(0, side * grid, side)]
+    return np.sqrt(np.concatenate([
+        np.histogramdd(cell.reshape(-1, 3), bins=bins, range=[(0, 256)] * 3)[0].ravel() / cell[..., 0].size
+        for cell in cells]))
 
 
-def hog(image):
+def hog(image, cell, orientations):
     """Which way the edges run, cell by cell: a histogram of oriented gradients (Dalal and Triggs).
 
-    Each cell's gradient directions are counted weighted by their strength, and
-    each 2x2 block of cells is normalised, so that lighting matters little.
+    Each cell's gradient directions are counted weighted by their strength, and each 2x2
+    block of cells is normalised, so that lighting matters little; square-rooted as above.
     """
     gray = np.asarray(Image.fromarray(image).convert("L"), dtype=np.float32)
     gradient_y, gradient_x = np.gradient(gray)
     strength = np.hypot(gradient_x, gradient_y)
     direction = np.rad2deg(np.arctan2(gradient_y, gradient_x)) % 180
-    bins = np.minimum((direction * HOG_ORIENTATIONS / 180).astype(int), HOG_ORIENTATIONS - 1)
-    cells = image.shape[0] // HOG_CELL
-    size = cells * HOG_CELL
-    weighted = np.zeros((size, size, HOG_ORIENTATIONS), dtype=np.float32)
+    bins = np.minimum((direction * orientations / 180).astype(int), orientations - 1)
+    cells = image.shape[0] // cell
+    size = cells * cell
+    weighted = np.zeros((size, size, orientations), dtype=np.float32)
     np.put_along_axis(weighted, bins[:size, :size, None], strength[:size, :size, None], axis=2)
-    cell_histograms = weighted.reshape(cells, HOG_CELL, cells, HOG_CELL, HOG_ORIENTATIONS).sum(axis=(1, 3))
+    cell_histograms = weighted.reshape(cells, cell, cells, cell, orientations).sum(axis=(1, 3))
     blocks = np.concatenate([cell_histograms[:-1, :-1], cell_histograms[1:, :-1],
                              cell_histograms[:-1, 1:], cell_histograms[1:, 1:]], axis=-1)
     blocks /= np.sqrt(np.sum(blocks ** 2, axis=-1, keepdims=True) + 1e-6)
-    return blocks.ravel()
+    return np.sqrt(blocks.ravel())
 
 
-def features(images):
-    """One row of numbers per image: its colour histograms, then its HOG."""
-    return np.stack([np.concatenate([colour_histograms(image), hog(image)]) for image in images])
+def features(images, settings):
+    """{kind: one row of numbers per image} of the colour histograms, HOG and thumbnail."""
+    size = settings["thumbnail"]
+    return {
+        "colour": np.stack([colour_histograms(image, settings["colour_bins"], settings["colour_grid"])
+                            for image in images]),
+        "hog": np.stack([hog(image, settings["hog_cell"], settings["hog_orientations"]) for image in images]),
+        "thumbnail": np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX),
+                                          dtype=np.float32).ravel() / 255 for image in images]),
+    }
+
+
+def feature_columns(kinds):
+    """Standardise each kind of feature, and weigh it by 1/sqrt(its number of columns), so that
+    each kind counts as much in the SVM's distance, however many numbers it has."""
+    columns, start, weights = [], 0, {}
+    for kind, values in kinds.items():
+        columns.append((kind, StandardScaler(), list(range(start, start + values.shape[1]))))
+        weights[kind] = 1 / np.sqrt(values.shape[1])
+        start += values.shape[1]
+    return ColumnTransformer(columns, transformer_weights=weights)
 
 
 def predict(model_file, path):
@@ -111,22 +148,71 @@ def predict(model_file, path):
     try:
         saved = joblib.load(model_file)
         model, probabilities = saved["pipeline"], saved["probabilities"]
-        class_names, image_size = saved["class_names"], saved["image_size"]
+        class_names, settings = saved["class_names"], saved["features"]
     except Exception as error:  # joblib raises many kinds on a file it did not write
         raise image_files.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
                                     f"({type(error).__name__}): name another with --model-file") from None
-    images, paths = image_files.read_images_to_predict(paths, image_size)
-    image_features = features(images)
+    images, paths = image_files.read_images_to_predict(paths, settings["image_size"])
+    image_features = np.hstack(list(features(images, settings).values()))
     predictions = model.predict(image_features)
     class_probabilities = probabilities.predict_proba(image_features)
     for path, predicted, row in zip(paths, predictions, class_probabilities):
         print(f"{path}\t{class_names[predicted]}\t{row[predicted]:.4f}")
 
 
+def cross_validation_folds(labels, class_names, train_dir, seed):
+    """CV_FOLDS stratified folds, fewer if a class has fewer images; at least 2 per class."""
+    class_counts = np.bincount(labels, minlength=len(class_names))
+    if class_counts.min() < 2:
+        smallest = class_names[int(class_counts.argmin())]
+        raise image_files.DataError(
+            f"training class folder '{os.path.join(train_dir, smallest)}' has "
+            f"{class_counts.min()} readable image: cross-validation needs at least 2 per class")
+    return StratifiedKFold(n_splits=min(CV_FOLDS, class_counts.min()), shuffle=True, random_state=seed)
+
+
+def fit_svm(kinds, labels, folds):
+    """The SVM with the C and gamma of best cross-validation accuracy on these images, refitted on all."""
+    pipeline = make_pipeline(feature_columns(kinds), SVC(kernel="rbf", class_weight=CLASS_WEIGHT))
+    search = GridSearchCV(pipeline, {"svc__C": C_GRID, "svc__gamma": GAMMA_GRID}, cv=folds)
+    search.fit(np.hstack(list(kinds.values())), labels)
+    print(f"Best of {len(C_GRID) * len(GAMMA_GRID)} settings by {folds.n_splits}-fold cross-validation: "
+          f"C {search.best_params_['svc__C']}, gamma {search.best_params_['svc__gamma']} "
+          f"(cross-validation accuracy {search.best_score_:.4f})")
+    return search
+
+
+def check_labels(args):
+    """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
+    class_names = image_files.class_names(args.train_dir, "training")
+    images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
+                                                          "training")
+    kinds = features(images, FEATURES)
+    folds = cross_validation_folds(labels, class_names, args.train_dir, args.seed)
+    if np.bincount(labels).min() < 3:
+        raise image_files.DataError(f"'{args.train_dir}' has a class of 2 readable images: "
+                                    "--check-labels needs at least 3 per class")
+    search = fit_svm(kinds, labels, folds)
+    # Each image's class probabilities from the chosen SVM trained on the other folds, its scores
+    # calibrated (Platt scaling) within those folds.
+    calibrated = CalibratedClassifierCV(clone(search.best_estimator_), ensemble=False, cv=2)
+    probabilities = cross_val_predict(calibrated, np.hstack(list(kinds.values())), labels, cv=folds,
+                                      method="predict_proba")
+    return image_files.label_issues(paths, labels, probabilities, class_names)
+
+
 def main():
     args = parse_args()
     if args.predict:
         predict(args.model_file, args.predict)
+        return
+    if args.check_labels:
+        suspects = check_labels(args)
+        print(f"{len(suspects)} training images whose label looks wrong, the most suspect first "
+              "(path, given class, its probability, likely class):" if suspects
+              else "No training image's label looks wrong.")
+        for line in suspects:
+            print(line)
         return
 
     # Check the folders before anything slow starts.
@@ -142,30 +228,20 @@ def main():
     # The same images as the CNNs get, read the same way, at the size the features need.
     started = time.perf_counter()
     train_images, train_labels, _ = image_files.read_image_folder(
-        args.train_dir, class_names, IMAGE_SIZE, "training")
-    validation_images, validation_labels, _ = image_files.read_image_folder(
-        args.validation_dir, class_names, IMAGE_SIZE, "validation")
+        args.train_dir, class_names, FEATURES["image_size"], "training")
+    validation_images, validation_labels, validation_paths = image_files.read_image_folder(
+        args.validation_dir, class_names, FEATURES["image_size"], "validation")
     print(f"Read {len(train_images) + len(validation_images)} images in "
           f"{time.perf_counter() - started:.1f} s")
-    train_features, validation_features = features(train_images), features(validation_images)
-    print(f"{train_features.shape[1]} features per image")
+    train_kinds = features(train_images, FEATURES)
+    train_features = np.hstack(list(train_kinds.values()))
+    validation_features = np.hstack(list(features(validation_images, FEATURES).values()))
+    print(f"{train_features.shape[1]} features per image: " + ", ".join(
+        f"{values.shape[1]} {kind}" for kind, values in train_kinds.items()))
 
     # Choose C and gamma by cross-validation on the training images only.
-    class_counts = np.bincount(train_labels, minlength=len(class_names))
-    if class_counts.min() < 2:
-        smallest = class_names[int(class_counts.argmin())]
-        raise image_files.DataError(
-            f"training class folder '{os.path.join(args.train_dir, smallest)}' has "
-            f"{class_counts.min()} readable image: cross-validation needs at least 2 per class")
-    folds = StratifiedKFold(n_splits=min(CV_FOLDS, class_counts.min()), shuffle=True,
-                            random_state=args.seed)
-    pipeline = make_pipeline(StandardScaler(), SVC(kernel="rbf", class_weight=CLASS_WEIGHT))
-    search = GridSearchCV(pipeline, {"svc__C": C_GRID, "svc__gamma": GAMMA_GRID}, cv=folds)
-    search.fit(train_features, train_labels)
-    best_c, best_gamma = search.best_params_["svc__C"], search.best_params_["svc__gamma"]
-    print(f"Best of {len(C_GRID) * len(GAMMA_GRID)} settings by {folds.n_splits}-fold "
-          f"cross-validation: C {best_c}, gamma {best_gamma} "
-          f"(cross-validation accuracy {search.best_score_:.4f})")
+    folds = cross_validation_folds(train_labels, class_names, args.train_dir, args.seed)
+    search = fit_svm(train_kinds, train_labels, folds)
     model = search.best_estimator_  # refitted on all the training images
     # Probabilities for --predict: the chosen SVM's scores calibrated on the same folds
     # (Platt scaling). They do not choose the class, the SVM does: on a few dozen images
@@ -176,39 +252,40 @@ def main():
     # Measure the chosen model once on the validation images.
     train_accuracy = np.mean(model.predict(train_features) == train_labels)
     predictions = model.predict(validation_features)
+    validation_probabilities = probabilities.predict_proba(validation_features)
     validation_accuracy = np.mean(predictions == validation_labels)
-    counts = confusion_matrix(validation_labels, predictions, labels=range(len(class_names)))
     report = keras_tools.report_table(validation_labels, predictions, class_names)
     elapsed = time.perf_counter() - started
     print(f"Validation set, per class:\n{report}")
     print("Confusion matrix (rows: true class, columns: predicted class, in the order above):")
-    print(counts)
+    print(confusion_matrix(validation_labels, predictions, labels=range(len(class_names))))
 
     # TensorBoard: the accuracies under the CNN runs' tag names, so that they sit side by side.
     run_dir = image_files.new_run_folder(args.log_dir, "SVMModel")
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
     keras_tools.log_hparams(run_log, run_dir, {
-        "script": "SVMModel",
-        "train_dir": args.train_dir,
-        "validation_dir": args.validation_dir,
-        "image_size": IMAGE_SIZE,
-        "svm_c": float(best_c),
-        "svm_gamma": str(best_gamma),
-        "class_weights": CLASS_WEIGHT == "balanced",
-        "seed": args.seed,
-    }, class_names, train_labels)
+        "script": "SVMModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir,
+        **FEATURES, "svm_c": float(search.best_params_["svc__C"]),
+        "svm_gamma": str(search.best_params_["svc__gamma"]), "class_weights": CLASS_WEIGHT == "balanced",
+        "seed": args.seed}, class_names, train_labels)
     for folder, accuracy in (("train", train_accuracy), ("validation", validation_accuracy)):
         with tf.summary.create_file_writer(os.path.join(run_dir, folder)).as_default():
             tf.summary.scalar("epoch_accuracy", accuracy, step=0)
-    keras_tools.log_confusion_matrix(run_log, validation_labels, predictions, class_names,
-                                     "Validation set, SVM", step=0)
+    validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
+    _, confidences = keras_tools.log_validation(run_log, validation_images, validation_labels,
+                                                validation_probabilities, validation_names, class_names,
+                                                "validation set, SVM", 0, predictions)
+    mistakes = image_files.mistakes_table(validation_names, validation_labels, predictions, confidences,
+                                          class_names)
     keras_tools.log_text(run_log, "classification_report", report, step=0)
+    keras_tools.log_text(run_log, "misclassified_validation_list", f"```\n{mistakes}\n```", step=0)
+    print(f"Misclassified validation images, most confident first:\n{mistakes}")
 
     # Save the fitted pipeline with what --predict needs to use it.
     image_files.save_files_atomically({args.model_file: lambda path: joblib.dump(
         {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
-         "image_size": IMAGE_SIZE}, path)})
+         "features": FEATURES}, path)})
     print(f"Saved {args.model_file}")
     # The last line sums the run up, like the CNN scripts' last line.
     print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - "

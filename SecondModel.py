@@ -12,6 +12,7 @@ Edit the constants below and run again; every run gets its own TensorBoard folde
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -21,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+from sklearn.model_selection import StratifiedKFold
 
 import image_files
 
@@ -53,6 +55,11 @@ EARLY_STOPPING_PATIENCE = 0  # training stops after this many epochs without a l
 # TensorBoard: a confusion matrix of the validation set every this many epochs, and at the end.
 CONFUSION_MATRIX_EVERY = 10
 
+# --check-labels: this many short trainings, each of this many epochs, one per fold of the
+# training images: about as long as one run of EPOCHS epochs.
+CHECK_LABELS_FOLDS = 5
+CHECK_LABELS_EPOCHS = 10
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description="Train SecondModel, a small CNN with class weights.")
@@ -72,6 +79,12 @@ def parse_args():
     parser.add_argument("--predict", metavar="PATH",
                         help="classify this image, or every image under this folder, with the "
                              "model in --model-file, instead of training")
+    parser.add_argument("--check-labels", action="store_true",
+                        help=f"instead of training, list the training images whose label looks "
+                             f"wrong, the most suspect first: each image is classified by a model "
+                             f"that did not see it ({CHECK_LABELS_FOLDS} short trainings of "
+                             f"{CHECK_LABELS_EPOCHS} epochs, about as long as one training run); "
+                             f"nothing is moved or changed")
     return parser.parse_args()
 
 
@@ -124,15 +137,17 @@ def check_run(args):
 
 
 def read_images(args, class_names):
-    """Every image read once, at the size the network takes: (images, labels) of each folder."""
+    """Every image read once, at the size the network takes: (images, labels) of the training
+    folder, (images, labels, paths within the folder) of the validation folder."""
     started = time.perf_counter()
     train_images, train_labels, _ = image_files.read_image_folder(
         args.train_dir, class_names, args.image_size, "training")
-    validation_images, validation_labels, _ = image_files.read_image_folder(
+    validation_images, validation_labels, validation_paths = image_files.read_image_folder(
         args.validation_dir, class_names, args.image_size, "validation")
+    validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
     print(f"Read {len(train_images) + len(validation_images)} images in "
           f"{time.perf_counter() - started:.1f} s")
-    return (train_images, train_labels), (validation_images, validation_labels)
+    return (train_images, train_labels), (validation_images, validation_labels, validation_names)
 
 
 def start_tensorboard_run(args, class_names, train_images, train_labels, class_weights):
@@ -174,8 +189,8 @@ def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
     return callbacks + [stop_on_ctrl_c]  # last: it keeps each epoch as the others left it
 
 
-def save_and_report(model, args, class_names, history, best_epoch, report):
-    """Save the last epoch and the best, and say what they are."""
+def save_and_report(model, args, class_names, history, best_epoch, validation_report):
+    """Save the last epoch and the best, and say what they are and what the last gets wrong."""
     last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
     saved_files = keras_tools.save_run(model, args.model_file, class_names,
                                        args.initial_epoch + len(history.epoch), last_metrics, best_epoch)
@@ -183,10 +198,41 @@ def save_and_report(model, args, class_names, history, best_epoch, report):
     if best_epoch.weights is not None:
         print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
               f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as {saved_files[2]}")
-    print(f"Validation set, per class:\n{report}")
+    print(f"Validation set, per class:\n{validation_report.report}")
+    print(f"Misclassified validation images, most confident first:\n{validation_report.mistakes}")
     # The last line sums the run up, like the 2018 README's results.
     print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
+
+
+def check_labels(args):
+    """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
+    class_names = image_files.class_names(args.train_dir, "training")
+    images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, args.image_size,
+                                                          "training")
+    folds = min(CHECK_LABELS_FOLDS, np.bincount(labels).min())
+    if folds < 2:
+        raise image_files.DataError(f"'{args.train_dir}' has a class of 1 readable image: "
+                                    "--check-labels needs at least 2 per class")
+    keras.utils.set_random_seed(args.seed)
+    counts = np.bincount(labels, minlength=len(class_names))
+    class_weights = {index: counts.max() / count for index, count in enumerate(counts)}
+    print(f"Training {folds} models of {CHECK_LABELS_EPOCHS} epochs, each on all the training images "
+          "but a fold, to classify that fold")
+    probabilities = np.zeros((len(labels), len(class_names)))
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=args.seed).split(images, labels)
+    for fold, (trained_on, held_out) in enumerate(splits):
+        model = build_model(args.image_size, len(class_names))
+        compile_model(model)
+        model.fit(keras_tools.training_batches(images[trained_on], labels[trained_on], len(class_names),
+                                               args.batch_size, args.seed + fold, AUGMENTATION),
+                  epochs=CHECK_LABELS_EPOCHS, shuffle=False, class_weight=class_weights, verbose=0)
+        # Called, 64 at a time, not predict(): that would trace a new function for each fold's model.
+        probabilities[held_out] = np.concatenate([
+            model(keras_tools.network_input(images[held_out[start:start + 64]]))
+            for start in range(0, len(held_out), 64)])
+        print(f"Fold {fold + 1} of {folds} done", flush=True)
+    return image_files.label_issues(paths, labels, probabilities, class_names)
 
 
 def main():
@@ -195,14 +241,24 @@ def main():
         for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
             print(f"{path}\t{class_name}\t{probability:.4f}")
         return
+    if args.check_labels:
+        suspects = check_labels(args)
+        print(f"{len(suspects)} training images whose label looks wrong, the most suspect first "
+              "(path, given class, its probability, likely class):" if suspects
+              else "No training image's label looks wrong.")
+        for line in suspects:
+            print(line)
+        return
     class_names = check_run(args)
     keras.utils.set_random_seed(args.seed + args.initial_epoch)
 
     # Not augmented; validation images come in a fixed order so that val_loss compares
     # epoch to epoch.
-    (train_images, train_labels), (validation_images, validation_labels) = read_images(args, class_names)
+    (train_images, train_labels), (validation_images, validation_labels, validation_names) = read_images(
+        args, class_names)
     train_batches = keras_tools.training_batches(train_images, train_labels, len(class_names),
-                                                 args.batch_size, args.seed + args.initial_epoch, AUGMENTATION)
+                                                 args.batch_size, args.seed + args.initial_epoch,
+                                                 AUGMENTATION)
     validation_batches = keras_tools.validation_batches(validation_images, validation_labels,
                                                         len(class_names), args.batch_size)
 
@@ -223,8 +279,9 @@ def main():
     print("Class weights: " + ", ".join(
         f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))
     run_dir, run_log = start_tensorboard_run(args, class_names, train_images, train_labels, class_weights)
-    validation_report = keras_tools.ValidationReport(
-        run_log, validation_batches, validation_labels, class_names, CONFUSION_MATRIX_EVERY)
+    validation_report = keras_tools.ValidationReport(run_log, validation_batches, validation_images,
+                                                     validation_labels, validation_names, class_names,
+                                                     CONFUSION_MATRIX_EVERY)
     stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
     callbacks = make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c)
     try:
@@ -247,7 +304,7 @@ def main():
                                                   sys.argv[0], vars(args)))
 
     # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
-    save_and_report(model, args, class_names, history, best_epoch, validation_report.report)
+    save_and_report(model, args, class_names, history, best_epoch, validation_report)
 
 
 if __name__ == "__main__":

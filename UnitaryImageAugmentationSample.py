@@ -67,7 +67,7 @@ def main():
         horizontal_flip=HORIZONTAL_FLIP,
         fill_mode=FILL_MODE,
     )
-    pictures, captions = [original], ["original"]  # the grid for TensorBoard: four rows of six
+    pictures, captions = [original], ["original"]  # the grid for TensorBoard: up to 24 pictures
     for _ in range(args.count):
         copy = array_to_img(augmentation.random_transform(image))
         path = image_files.save_new_jpeg(copy, args.output_dir, args.prefix)
@@ -79,7 +79,7 @@ def main():
 
     # Before and after, side by side in TensorBoard.
     run_dir = image_files.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
-    grid = image_files.picture_grid(pictures, captions, columns=6)
+    grid = image_files.picture_grid(pictures, captions, columns=3, tile=115)
     keras_tools.log_picture(tf.summary.create_file_writer(run_dir), "before_and_after_augmentation",
                             grid, step=0, description=f"{args.image}, then its augmented copies.")
     print(f"TensorBoard run: {run_dir}")

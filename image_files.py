@@ -390,10 +390,42 @@ def new_run_folder(log_dir, name):
 
 def command_line(script, options):
     """The command that runs script with options ({"model_file": ...} for --model-file, as
-    argparse keeps them; None left out), quoted for this system's shell."""
-    words = ["python", script] + [str(word) for name, value in options.items() if value is not None
-                                  for word in (f"--{name.replace('_', '-')}", value)]
+    argparse keeps them; None and False left out, True a flag alone), quoted for this system's shell."""
+    words = ["python", script]
+    for name, value in options.items():
+        if value is not None and value is not False:
+            words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
+
+
+# What a model got wrong.
+
+def mistakes(labels, predictions, confidences):
+    """Indices of the misclassified images, the most confident mistake first (confidences:
+    the probability given to each prediction)."""
+    wrong = np.flatnonzero(np.asarray(predictions) != np.asarray(labels))
+    return wrong[np.argsort(-np.asarray(confidences)[wrong], kind="stable")]
+
+
+def mistakes_table(names, labels, predictions, confidences, class_names, limit=20):
+    """The mistakes, most confident first, one tab-separated line each: the image's name,
+    its true class, the predicted class and the probability given to it; at most limit."""
+    found = mistakes(labels, predictions, confidences)
+    lines = ["path\ttrue class\tpredicted class\tprobability"] + [
+        f"{names[index]}\t{class_names[labels[index]]}\t{class_names[predictions[index]]}\t"
+        f"{confidences[index]:.4f}" for index in found[:limit]]
+    return "\n".join(lines + ([f"and {len(found) - limit} more"] if len(found) > limit else []))
+
+
+def label_issues(paths, labels, probabilities, class_names):
+    """The images whose given label looks wrong, the most suspect first, from out-of-fold
+    probabilities (cleanlab's find_label_issues, made for this): one tab-separated line each,
+    the path, the given class, the probability of it, and the class the model believes."""
+    from cleanlab.filter import find_label_issues  # slow to import, and only --check-labels needs it
+    suspects = find_label_issues(np.asarray(labels), np.asarray(probabilities),
+                                 return_indices_ranked_by="self_confidence", n_jobs=1)
+    return [f"{paths[index]}\t{class_names[labels[index]]}\t{probabilities[index][labels[index]]:.4f}\t"
+            f"{class_names[int(np.argmax(probabilities[index]))]}" for index in suspects]
 
 
 # Pictures for TensorBoard.
@@ -405,10 +437,12 @@ def _shortened(text, font, width):
     return text
 
 
-def picture_grid(pictures, captions, columns, tile=160):
-    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its caption."""
-    font = ImageFont.load_default(size=12)
-    caption_height = 18
+def picture_grid(pictures, captions, columns, tile):
+    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its
+    caption (lines split by "\n"). TensorBoard shows an image about 350 pixels wide unless
+    asked: columns x tile at most that keeps the letters legible."""
+    font = ImageFont.load_default(size=14)
+    caption_height = 17 * max(caption.count("\n") + 1 for caption in captions) + 6
     rows = math.ceil(len(pictures) / columns)
     grid = Image.new("RGB", (columns * tile, rows * (tile + caption_height)), "white")
     draw = ImageDraw.Draw(grid)
@@ -416,9 +450,19 @@ def picture_grid(pictures, captions, columns, tile=160):
         left, top = (number % columns) * tile, (number // columns) * (tile + caption_height)
         fitted = ImageOps.contain(picture.convert("RGB"), (tile - 4, tile - 4), Image.Resampling.BICUBIC)
         grid.paste(fitted, (left + (tile - fitted.width) // 2, top + (tile - fitted.height) // 2))
-        draw.text((left + tile // 2, top + tile + caption_height // 2),
-                  _shortened(readable_text(caption), font, tile - 4), fill="black", font=font, anchor="mm")
+        for line_number, line in enumerate(readable_text(caption).split("\n")):
+            draw.text((left + tile // 2, top + tile + 2 + 17 * line_number), _shortened(line, font, tile - 6),
+                      fill="black", font=font, anchor="mt")
     return grid
+
+
+def draw_message(text, width=340):
+    """A picture saying text, for a TensorBoard image tag with nothing to show."""
+    picture = Image.new("RGB", (width, 60), "white")
+    font = ImageFont.load_default(size=14)
+    text = _shortened(text, font, width - 20)
+    ImageDraw.Draw(picture).text((10, 30), text, fill="black", font=font, anchor="lm")
+    return picture
 
 
 def draw_confusion_matrix(counts, class_names, title):

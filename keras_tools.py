@@ -235,7 +235,8 @@ def load_model(model_file, image_size=None, num_classes=None):
     expected_shape = (None, image_size, image_size, 3)
     if image_size and (model.input_shape != expected_shape or model.output_shape != (None, num_classes)):
         raise DataError(f"cannot resume '{model_file}': it takes {model.input_shape} and gives "
-                        f"{model.output_shape}, but the data needs {expected_shape} and {num_classes} classes")
+                        f"{model.output_shape}, but the data needs {expected_shape} and "
+                        f"{num_classes} classes")
     return model, class_names
 
 
@@ -384,7 +385,7 @@ def log_training_images(run_log, images, labels, class_names, augmentation, seed
     pictures = [Image.fromarray(np.asarray(image).round().astype(np.uint8)) for image in batch]
     captions = [class_names[labels[index]] for index in picked[:count]]
     log_picture(run_log, "augmented_training_images" if augmentation else "training_images",
-                image_files.picture_grid(pictures, captions, columns=4), step,
+                image_files.picture_grid(pictures, captions, columns=3, tile=115), step,
                 "What the network is trained on: training images at the size it takes, "
                 + ("after random augmentation." if augmentation else "not augmented."))
 
@@ -401,28 +402,42 @@ def report_table(labels, predictions, class_names):
     return "\n".join(lines + [f"| all: accuracy {np.mean(labels == predictions):.3f} | | | {len(labels)} |"])
 
 
-def log_confusion_matrix(run_log, labels, predictions, class_names, title, step):
+def log_validation(run_log, images, labels, probabilities, names, class_names, title, step, predictions=None):
+    """The validation images' confusion matrix, and the misclassified ones, most confident
+    first (up to 24), as TensorBoard pictures. predictions default to the likeliest classes."""
+    predictions = probabilities.argmax(axis=1) if predictions is None else predictions
     counts = confusion_matrix(labels, predictions, labels=range(len(class_names)))
     log_picture(run_log, "confusion_matrix", image_files.draw_confusion_matrix(counts, class_names, title),
                 step, "Validation images by true class (rows) and predicted class (columns).")
+    confidences = probabilities[np.arange(len(predictions)), predictions]
+    wrong = image_files.mistakes(labels, predictions, confidences)[:24]
+    picture = image_files.picture_grid(
+        [Image.fromarray(images[index]) for index in wrong],
+        [f"true: {class_names[labels[index]]}\npredicted: {class_names[predictions[index]]} "
+         f"{confidences[index]:.2f}\n{os.path.basename(names[index])}" for index in wrong],
+        columns=2, tile=170) if len(wrong) else image_files.draw_message(f"No validation image misclassified: {title}")
+    log_picture(run_log, "misclassified_validation_images", picture, step,
+                "Validation images the model got wrong, the most confident mistakes first.")
+    return predictions, confidences
 
 
 class ValidationReport(keras.callbacks.Callback):
-    """The validation set's confusion matrix every few epochs, and at the end (after the last
-    epoch, or Ctrl-C) with the per-class report, kept in self.report. batches are
-    validation_batches(), in the order of labels."""
+    """The validation set's confusion matrix and mistakes every few epochs, and at the end
+    (after the last epoch, or Ctrl-C) with the per-class report and the list of mistakes,
+    kept in self.report and self.mistakes. batches are validation_batches() of images, whose
+    names (paths in the validation folder) are for the mistakes."""
 
-    def __init__(self, run_log, batches, labels, class_names, every):
+    def __init__(self, run_log, batches, images, labels, names, class_names, every):
         super().__init__()
-        self.run_log, self.batches, self.labels = run_log, batches, labels
-        self.class_names, self.every = class_names, every
-        self.last_epoch = self.logged_epoch = self.predictions = self.report = None
+        self.run_log, self.batches, self.images, self.labels = run_log, batches, images, labels
+        self.names, self.class_names, self.every = names, class_names, every
+        self.last_epoch = self.logged_epoch = self.report = self.mistakes = None
 
     def _log(self, epoch):
         self.logged_epoch = epoch
-        self.predictions = self.model.predict(self.batches, verbose=0).argmax(axis=1)
-        log_confusion_matrix(self.run_log, self.labels, self.predictions, self.class_names,
-                             f"Validation set after epoch {epoch + 1}", epoch)
+        self.predictions, self.confidences = log_validation(
+            self.run_log, self.images, self.labels, self.model.predict(self.batches, verbose=0),
+            self.names, self.class_names, f"validation set after epoch {epoch + 1}", epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self.last_epoch = epoch
@@ -435,7 +450,10 @@ class ValidationReport(keras.callbacks.Callback):
         if self.logged_epoch != self.last_epoch:
             self._log(self.last_epoch)
         self.report = report_table(self.labels, self.predictions, self.class_names)
+        self.mistakes = image_files.mistakes_table(self.names, self.labels, self.predictions,
+                                                   self.confidences, self.class_names)
         log_text(self.run_log, "classification_report", self.report, self.last_epoch)
+        log_text(self.run_log, "misclassified_validation_list", f"```\n{self.mistakes}\n```", self.last_epoch)
 
 
 def predict(model_file, path):

@@ -112,7 +112,7 @@ def test_ctrl_c_before_the_first_epoch_ends_saves_nothing_and_says_so(tmp_path):
     model = tiny_model()
     stop_on_ctrl_c = keras_tools.StopOnCtrlC(initial_epoch=0)
     options = {"train_dir": "my photos/train", "epochs": 50, "initial_epoch": 0,
-               "model_file": str(tmp_path / "model.h5"), "predict": None}
+               "model_file": str(tmp_path / "model.h5"), "predict": None, "check_labels": False}
     message = keras_tools.save_interrupted_run(model, ["ant", "bee"], keras_tools.BestEpoch(),
                                                stop_on_ctrl_c, "FirstModel.py", options)
     assert message == ("Interrupted before the end of epoch 1; nothing saved. To start again: "

@@ -4,6 +4,7 @@ import re
 
 import joblib
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import assert_one_line_error, logged_scalars, make_images, run_in_process, run_script, stderr_lines
@@ -43,8 +44,8 @@ def test_trains_reports_logs_and_saves(tmp_path):
     assert "| apple |" in result.stdout and "Confusion matrix" in result.stdout
 
     saved = joblib.load(model_file)
-    assert saved["class_names"] == ["apple", "berry"] and saved["image_size"] == 64
-    assert saved["pipeline"].predict(np.zeros((1, 1812))).shape == (1,)
+    assert saved["class_names"] == ["apple", "berry"] and saved["features"]["image_size"] == 64
+    assert saved["pipeline"].predict(np.zeros((1, 640 + 324 + 192))).shape == (1,)
 
     # Beside the CNN runs in TensorBoard, under the same tag names.
     runs = list((tmp_path / "logs").iterdir())
@@ -76,19 +77,29 @@ def test_model_file_must_be_joblib(small_dataset, tmp_path):
     assert_one_line_error(result, "svm.h5", ".joblib")
 
 
-def test_features_are_colour_and_edge_direction():
+def test_features_are_colour_and_layout_edge_direction_and_a_thumbnail():
     import SVMModel
 
-    # Hue, saturation and value histograms, then 7 x 7 blocks of 4 cells x 9 directions.
+    settings = SVMModel.FEATURES
+    # A 128-colour histogram of the whole image and of 4 cells; 3 x 3 blocks of 4 cells x 9
+    # directions; an 8 x 8 RGB thumbnail.
     flat = np.full((64, 64, 3), 128, dtype=np.uint8)
-    assert SVMModel.features([flat]).shape == (1, 3 * 16 + 7 * 7 * 4 * 9)
-    assert np.all(SVMModel.hog(flat) == 0)  # no edges
+    kinds = SVMModel.features([flat], settings)
+    assert {kind: values.shape for kind, values in kinds.items()} == {
+        "colour": (1, 5 * 128), "hog": (1, 3 * 3 * 4 * 9), "thumbnail": (1, 8 * 8 * 3)}
+    assert np.all(kinds["hog"] == 0)  # no edges
+    assert np.allclose(kinds["thumbnail"], 128 / 255)
     # Vertical stripes have horizontal gradients only: all in the 0-degree bin.
     stripes = np.zeros((64, 64, 3), dtype=np.uint8)
     stripes[:, ::8] = 255
-    blocks = SVMModel.hog(stripes).reshape(7, 7, 4, 9)
+    blocks = SVMModel.hog(stripes, 16, 9).reshape(3, 3, 4, 9)
     assert blocks[..., 0].sum() > 0 and np.allclose(blocks[..., 1:8], 0)
-    # The same colours anywhere give the same histograms.
+    # The same colours on the other side: the same whole-image histogram, other cells.
     red_left = np.zeros((64, 64, 3), dtype=np.uint8)
     red_left[:, :32, 0] = 255
-    assert np.allclose(SVMModel.colour_histograms(red_left), SVMModel.colour_histograms(red_left[:, ::-1]))
+    left, right = (SVMModel.colour_histograms(image, (8, 4, 4), 2) for image in (red_left, red_left[:, ::-1]))
+    assert np.allclose(left[:128], right[:128]) and not np.allclose(left[128:], right[128:])
+    # Each kind of feature weighs the same in the distance, whatever its number of columns.
+    columns = SVMModel.feature_columns(kinds)
+    assert columns.transformer_weights == pytest.approx({"colour": 640 ** -0.5, "hog": 324 ** -0.5,
+                                                         "thumbnail": 192 ** -0.5})

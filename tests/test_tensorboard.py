@@ -1,5 +1,6 @@
 """What the runs leave in TensorBoard, read back from a real `tensorboard --logdir` server."""
 
+import io
 import json
 import re
 import socket
@@ -13,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import image_files
 import keras_tools
@@ -27,6 +29,8 @@ def logs(tmp_path_factory):
     work = tmp_path_factory.mktemp("tensorboard")
     train_dir = make_images(work / "train", {"apple": 8, "berry": 4}, seed=1)
     validation_dir = make_images(work / "validation", {"apple": 4, "berry": 4}, seed=2)
+    # A berry filed with the apples: a mistake for every model that learnt the colours.
+    (validation_dir / "berry" / "berry_003.png").rename(validation_dir / "apple" / "filed_wrong.png")
     log_dir = work / "logs"
     runs = {}
     for script, args in (
@@ -141,9 +145,10 @@ def test_serves_augmented_images_and_confusion_matrices(tensorboard, logs):
     _, runs = logs
     image_tags = tensorboard.get("/data/plugin/images/tags")
     first_model, second_model = runs["FirstModel.py"][0], runs["SecondModel.py"][0]
-    assert set(image_tags[first_model]) == {"augmented_training_images", "confusion_matrix"}
-    assert set(image_tags[second_model]) == {"training_images", "confusion_matrix"}
-    assert set(image_tags[runs["SVMModel.py"][0]]) == {"confusion_matrix"}
+    validation_pictures = {"confusion_matrix", "misclassified_validation_images"}
+    assert set(image_tags[first_model]) == {"augmented_training_images"} | validation_pictures
+    assert set(image_tags[second_model]) == {"training_images"} | validation_pictures
+    assert set(image_tags[runs["SVMModel.py"][0]]) == validation_pictures
     assert set(image_tags[runs["UnitaryImageAugmentationSample.py"][0]]) == {"before_and_after_augmentation"}
     assert set(image_tags[runs["ClassImageAugmentationSample.py"][0]]) == {
         "before_and_after_augmentation/train", "before_and_after_augmentation/validation"}
@@ -155,13 +160,28 @@ def test_serves_augmented_images_and_confusion_matrices(tensorboard, logs):
     picture = tensorboard.get(f"/data/plugin/images/individualImage?{matrices[-1]['query']}")
     assert picture.startswith(b"\x89PNG")
 
+    # The mistakes beside it, at the same epochs: here the berry filed with the apples, in a
+    # grid of 2 columns of 170 pixels, captioned with its classes and name.
+    for run in (first_model, runs["SVMModel.py"][0]):
+        query = urllib.parse.urlencode({"run": run, "tag": "misclassified_validation_images"})
+        grids = tensorboard.get(f"/data/plugin/images/images?{query}")
+        assert [grid["step"] for grid in grids] == ([9, FIRST_MODEL_EPOCHS - 1] if run == first_model else [0])
+        png = tensorboard.get(f"/data/plugin/images/individualImage?{grids[-1]['query']}")
+        with Image.open(io.BytesIO(png)) as grid:
+            # Two columns: 340 pixels, which TensorBoard shows without shrinking the captions.
+            assert grid.width == 2 * 170 and grid.height >= 170 + 3 * 17
+
 
 def test_serves_per_class_report_and_class_weights(tensorboard, logs):
     _, runs = logs
     first_model, second_model = runs["FirstModel.py"][0], runs["SecondModel.py"][0]
     text_tags = tensorboard.get("/data/plugin/text/tags")
-    assert text_tags[first_model] == ["classification_report"]
-    assert set(text_tags[second_model]) == {"classification_report", "class_weights"}
+    assert set(text_tags[first_model]) == {"classification_report", "misclassified_validation_list"}
+    assert set(text_tags[second_model]) == {"classification_report", "misclassified_validation_list",
+                                            "class_weights"}
+    query = urllib.parse.urlencode({"run": first_model, "tag": "misclassified_validation_list"})
+    mistakes = tensorboard.get(f"/data/plugin/text/text?{query}")[-1]["text"]
+    assert "filed_wrong.png" in mistakes and "apple" in mistakes and "berry" in mistakes
 
     query = urllib.parse.urlencode({"run": first_model, "tag": "classification_report"})
     report = tensorboard.get(f"/data/plugin/text/text?{query}")[-1]["text"]
@@ -230,4 +250,22 @@ def test_pictures_fit_their_content():
     assert two_classes.mode == "RGB" and long_names.width > two_classes.width
     tiles = [Image.new("RGB", size) for size in ((30, 20), (300, 600), (32, 32))]
     grid = image_files.picture_grid(tiles, ["wide", "tall", "square"], columns=2, tile=100)
-    assert grid.size == (200, 2 * (100 + 18))
+    assert grid.size == (200, 2 * (100 + 17 + 6))
+    # Captions of several lines make the rows taller, not the letters smaller.
+    grid = image_files.picture_grid(tiles, ["a\nb\nc", "tall", "square"], columns=3, tile=100)
+    assert grid.size == (300, 100 + 3 * 17 + 6)
+
+
+def test_no_mistake_is_said_not_drawn_as_an_empty_grid(tmp_path):
+    import tensorflow as tf
+
+    run_log = tf.summary.create_file_writer(str(tmp_path))
+    images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    keras_tools.log_validation(run_log, images, np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]),
+                               ["a/1.png", "b/2.png"], ["a", "b"], "after epoch 1", 0)
+    run_log.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    [event] = events.Tensors("misclassified_validation_images")
+    width, height = (int(value) for value in event.tensor_proto.string_val[:2])
+    assert (width, height) == (340, 60)  # a line of text, not a grid of pictures

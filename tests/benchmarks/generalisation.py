@@ -1,33 +1,23 @@
-"""How well FirstModel and SecondModel do on photos no choice was made on: a measurement.
+"""Held-out accuracy of FirstModel, SecondModel and SVMModel under candidate settings: a measurement.
 
-    python tests/benchmark_generalisation.py run --data sign_digits4 --model FirstModel \\
-        --variant defaults --seed 1 --out generalisation.jsonl   # one run, 5 to 9 minutes
-    python tests/benchmark_generalisation.py summary generalisation.jsonl
+    python tests/benchmarks/generalisation.py run --data flowers4 --model FirstModel \\
+        --variant defaults --seed 1 --out runs.jsonl        # one run: a JSON line
+    python tests/benchmarks/generalisation.py summary runs.jsonl   # Markdown tables
 
-The README's "Generalisation" tables come from seeds 1, 2 and 3 of each variant, run
-two at a time with --threads 1 on a 2-core machine.
+docs/generalisation.md says how it was run and what came out. Three splits per data set:
 
-Three splits, so that the held-out score is honest:
+  test      the set's validation/ folder, never looked at for any choice
+  choice    a fixed 20 % of each class of train/ (the same for every run), on which
+            val_loss and val_accuracy are measured: epochs are picked there
+  training  the rest of train/
 
-  test        the data set's validation/ folder, never looked at for any choice
-  validation  a fixed 20 % of each class of train/ (the same for every run), on
-              which val_loss picks epochs, lowers the learning rate or stops
-  training    the rest of train/
-
-A run trains one model with one variant of the settings (VARIANTS below: the
-2018 settings, the scripts' defaults today, and one change at a time from 2018)
-and one seed, using the scripts' own build_model and compile_model and the input
-pipeline of image_tools, and records every epoch's loss and accuracy on all
-three splits as one JSON line.
-`summary` then reads how each way of picking the model would have done on the
-test split, from the same runs: the last epoch, the epoch of lowest val_loss
-or of highest val_accuracy, Keras' EarlyStopping replayed on the recorded
-val_loss (restoring the best epoch or keeping the one it stopped at), and fewer
-epochs.
-
-Data sets: "bundled" is data/ (shapes, imbalanced), "sign_digits4" is
-../shared/datasets/sign_digits4 (hand photos, 4 classes), skipped with a
-message when it is not there.
+Data sets: sign_digits4 and flowers4 in ../shared/datasets (skipped with a message when
+absent), bundled = data/. A CNN run trains the script's own build_model with the
+script's own batches (keras_tools), its settings those of the script ("defaults") or
+of VARIANTS below, and records, every epoch, the accuracy on the choice and test splits
+of the weights as trained and of their exponential moving average (Keras' use_ema, which
+does not change training), each alone and averaged with the mirror image's prediction. An SVM run trains SVMModel's pipeline with its grid
+search on the training split, with the features of its variant.
 """
 
 import argparse
@@ -46,95 +36,205 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 DATA_SETS = {
-    "bundled": REPO / "data",
     "sign_digits4": REPO.parent / "shared" / "datasets" / "sign_digits4",
+    "flowers4": REPO.parent / "shared" / "datasets" / "flowers4",
+    "bundled": REPO / "data",
 }
-VALIDATION_FRACTION = 0.2
-SPLIT_SEED = 0  # the validation split is the same for every run and seed
+CHOICE_FRACTION = 0.2
+SPLIT_SEED = 0  # the choice split is the same for every run and seed
+EMA_MOMENTUM = 0.999  # Keras optimizers' use_ema: about the last 1,000 steps, 3 to 4 epochs at batch 1
 
-# The settings of the 2018 scripts, which every variant below changes one thing of.
-# reduce_lr is ReduceLROnPlateau's (factor, patience, min_lr) or None; sampling is
-# "shuffled" (every image once an epoch), "class_weights" (the same, the loss weighted by
-# largest class count / class count) or "balanced" (small classes repeated at random up
-# to the largest's count).
+# What the 2018 scripts did, in today's pipeline (every image once an epoch, read once,
+# antialiased): the settings every variant starts from.
 SETTINGS_2018 = {
-    "FirstModel": {"image_size": 150, "batch_size": 1, "epochs": 50, "reduce_lr": None,
+    "FirstModel": {"image_size": 150, "batch_size": 1, "epochs": 50, "learning_rate": 1.0,
                    "augmentation": {"shear_range": 0.2, "zoom_range": 0.2, "horizontal_flip": True},
-                   "sampling": "shuffled"},
-    "SecondModel": {"image_size": 150, "batch_size": 1, "epochs": 50, "reduce_lr": None,
-                    "augmentation": {}, "sampling": "class_weights"},
+                   "class_weights": False, "label_smoothing": 0.0, "mixup": 0.0},
+    "SecondModel": {"image_size": 150, "batch_size": 1, "epochs": 50, "learning_rate": 1.0,
+                    "augmentation": {}, "class_weights": True, "label_smoothing": 0.0, "mixup": 0.0},
 }
-# ImageDataGenerator settings the scripts may set, by constant name.
-AUGMENTATION_CONSTANTS = ("ROTATION_RANGE", "WIDTH_SHIFT_RANGE", "HEIGHT_SHIFT_RANGE",
-                          "SHEAR_RANGE", "ZOOM_RANGE", "HORIZONTAL_FLIP", "BRIGHTNESS_RANGE")
-
-# One change at a time from the 2018 settings; "augmentation" adds to or replaces the
-# model's. "defaults" is what the scripts run with today, read from their constants.
+# Changes to the 2018 settings ("augmentation" is added to the model's); "defaults" are the
+# scripts' constants today. SVM variants change SVMModel's feature constants.
 VARIANTS = {
     "2018": {},
     "defaults": None,
-    "plateau": {"reduce_lr": (0.5, 5, 0.001)},
-    "geometry": {"augmentation": {"rotation_range": 15, "width_shift_range": 0.1,
-                                  "height_shift_range": 0.1}},
-    "brightness": {"augmentation": {"brightness_range": (0.8, 1.2)}},
-    "no-flip": {"augmentation": {"horizontal_flip": False}},
-    "balanced": {"sampling": "balanced"},
-    "size100": {"image_size": 100},
-    "plateau+geometry": {"reduce_lr": (0.5, 5, 0.001),
-                         "augmentation": {"rotation_range": 15, "width_shift_range": 0.1,
-                                          "height_shift_range": 0.1}},
+    "geometry": {"augmentation": {"rotation_range": 15, "width_shift_range": 0.1, "height_shift_range": 0.1}},
+    "geometry+brightness": {"augmentation": {"rotation_range": 15, "width_shift_range": 0.1,
+                                             "height_shift_range": 0.1, "brightness_range": (0.7, 1.3)}},
+    "brightness": {"augmentation": {"brightness_range": (0.7, 1.3)}},
+    "smoothing": {"label_smoothing": 0.1},
+    "mixup": {"mixup": 0.2},
+    "geometry+mixup": {"augmentation": {"rotation_range": 15, "width_shift_range": 0.1,
+                                        "height_shift_range": 0.1}, "mixup": 0.2},
+    "batch16": {"batch_size": 16},
+}
+SVM_VARIANTS = {
+    "defaults": {},
+    "no-grid": {"colour_grid": 1},
+    "hog8": {"hog_cell": 8},
+    "size128": {"image_size": 128, "hog_cell": 32},
 }
 
 
-def run_settings(model, variant, script):
-    """The settings of one run: SETTINGS_2018 with the variant's change, or the script's own."""
+def stratified_split(train_dir, class_names):
+    """(training paths, labels), (choice paths, labels): CHOICE_FRACTION of each class."""
+    import image_files
+
+    rng = np.random.default_rng(SPLIT_SEED)
+    split = {"training": ([], []), "choice": ([], [])}
+    for index, class_name in enumerate(class_names):
+        class_dir = os.path.join(train_dir, class_name)
+        paths = [os.path.join(class_dir, name) for name in image_files.list_images(class_dir)]
+        chosen = set(rng.permutation(len(paths))[:round(len(paths) * CHOICE_FRACTION)])
+        for position, path in enumerate(paths):
+            role = "choice" if position in chosen else "training"
+            split[role][0].append(path)
+            split[role][1].append(index)
+    return split["training"], split["choice"]
+
+
+def read_splits(data_dir, image_size):
+    """{split: (uint8 images, labels)} and the class names."""
+    import image_files
+
+    class_names = image_files.class_names(str(data_dir / "train"), "training")
+    splits = {}
+    for role, (paths, labels) in zip(("training", "choice"),
+                                     stratified_split(str(data_dir / "train"), class_names)):
+        images, readable = image_files.read_images(paths, image_size)
+        splits[role] = images, np.array(labels, dtype=np.int64)[readable]
+    test_images, test_labels, _ = image_files.read_image_folder(
+        str(data_dir / "validation"), class_names, image_size, "test")
+    splits["test"] = test_images, test_labels
+    return splits, class_names
+
+
+def cnn_settings(model, variant, script):
     if VARIANTS[variant] is None:
-        return {"image_size": script.IMAGE_SIZE, "batch_size": script.BATCH_SIZE,
-                "epochs": script.EPOCHS,
-                "reduce_lr": (script.REDUCE_LR_FACTOR, script.REDUCE_LR_PATIENCE,
-                              script.MIN_LEARNING_RATE) if script.REDUCE_LR_PATIENCE else None,
-                "augmentation": {name.lower(): getattr(script, name)
-                                 for name in AUGMENTATION_CONSTANTS if hasattr(script, name)},
-                "sampling": SETTINGS_2018[model]["sampling"]}
+        return {"image_size": script.IMAGE_SIZE, "batch_size": script.BATCH_SIZE, "epochs": script.EPOCHS,
+                "learning_rate": script.LEARNING_RATE, "augmentation": script.AUGMENTATION,
+                "class_weights": model == "SecondModel",
+                "label_smoothing": getattr(script, "LABEL_SMOOTHING", 0.0),
+                "mixup": getattr(script, "MIXUP", 0.0)}
     settings = dict(SETTINGS_2018[model], **VARIANTS[variant])
     settings["augmentation"] = {**SETTINGS_2018[model]["augmentation"],
                                 **VARIANTS[variant].get("augmentation", {})}
     return settings
 
 
-def stratified_split(train_dir, class_names):
-    """(training paths, labels), (validation paths, labels): VALIDATION_FRACTION of each class."""
-    import image_files
+def run_cnn(args, data_dir):
+    import keras_tools  # first: TensorFlow starts there
 
-    rng = np.random.default_rng(SPLIT_SEED)
-    split = {"training": ([], []), "validation": ([], [])}
-    for index, class_name in enumerate(class_names):
-        class_dir = os.path.join(train_dir, class_name)
-        paths = [os.path.join(class_dir, name) for name in image_files.list_images(class_dir)]
-        chosen = set(rng.permutation(len(paths))[:round(len(paths) * VALIDATION_FRACTION)])
-        for position, path in enumerate(paths):
-            role = "validation" if position in chosen else "training"
-            split[role][0].append(path)
-            split[role][1].append(index)
-    return split["training"], split["validation"]
+    import keras
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    script = __import__(args.model)
+    settings = cnn_settings(args.model, args.variant, script)
+    settings["epochs"] = args.epochs or settings["epochs"]
+    splits, class_names = read_splits(data_dir, settings["image_size"])
+    (train_images, train_labels) = splits["training"]
+    num_classes = len(class_names)
+    keras.utils.set_random_seed(args.seed)
+
+    train_batches = keras_tools.training_batches(train_images, train_labels, num_classes,
+                                                 settings["batch_size"], args.seed, settings["augmentation"])
+    if settings["mixup"]:
+        # Each batch mixed with another, shuffled independently, by a Beta(a, a) share.
+        others = keras_tools.training_batches(train_images, train_labels, num_classes,
+                                              settings["batch_size"], args.seed + 1, settings["augmentation"])
+        alpha = settings["mixup"]
+
+        def mix(first, second):
+            gamma_1 = tf.random.gamma([], alpha)
+            share = gamma_1 / (gamma_1 + tf.random.gamma([], alpha))
+            size = tf.minimum(tf.shape(first[0])[0], tf.shape(second[0])[0])
+            return (share * first[0][:size] + (1 - share) * second[0][:size],
+                    share * first[1][:size] + (1 - share) * second[1][:size])
+        train_batches = tf.data.Dataset.zip(train_batches, others).map(mix)
+    choice_batches = keras_tools.validation_batches(*splits["choice"], num_classes, 32)
+    model = script.build_model(settings["image_size"], num_classes)
+    model.compile(optimizer=keras.optimizers.Adadelta(learning_rate=settings["learning_rate"], use_ema=True,
+                                                      ema_momentum=EMA_MOMENTUM),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"]),
+                  metrics=["accuracy"])
+    class_weights = None
+    if settings["class_weights"]:
+        counts = np.bincount(train_labels, minlength=num_classes)
+        class_weights = {index: counts.max() / count for index, count in enumerate(counts)}
+
+    # Both splits and their mirror images, predicted in one call per set of weights.
+    roles = ("choice", "test")
+    inputs = tf.concat([keras_tools.network_input(splits[role][0]) for role in roles], axis=0)
+    inputs = tf.concat([inputs, inputs[:, :, ::-1]], axis=0)
+    ends = np.cumsum([0] + [len(splits[role][1]) for role in roles])
+    record = collections.defaultdict(dict, {name: [] for name in (
+        "seconds", "loss", "accuracy", "val_loss", "val_accuracy", "test_accuracy")})
+
+    class Recorder(keras.callbacks.Callback):
+        """Every epoch's test accuracy, and each way of predicting at a few epochs."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def accuracies(self, label, epoch):
+            predictions = self.model.predict(inputs, batch_size=64, verbose=0)
+            plain, mirrored = predictions[:ends[-1]], predictions[ends[-1]:]
+            for role, start, end in zip(roles, ends[:-1], ends[1:]):
+                labels = splits[role][1]
+                record[f"{role}_{label}"][epoch] = float(np.mean(plain[start:end].argmax(1) == labels))
+                record[f"{role}_{label}_mirror"][epoch] = float(
+                    np.mean((plain[start:end] + mirrored[start:end]).argmax(1) == labels))
+
+        def on_epoch_end(self, epoch, logs=None):
+            record["seconds"].append(time.perf_counter() - self.started)
+            for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                record[name].append(float(logs[name]))
+            test_images = inputs[ends[1]:ends[2]]
+            record["test_accuracy"].append(float(np.mean(
+                self.model.predict(test_images, batch_size=64, verbose=0).argmax(1) == splits["test"][1])))
+            # Every way of predicting, at a few epochs only: evaluation costs as much as training.
+            if (epoch + 1) in (20, 30, 40) or epoch + 1 == settings["epochs"]:
+                at = str(epoch + 1)
+                self.accuracies("raw", at)
+                trained = self.model.get_weights()
+                averages = self.model.optimizer._model_variables_moving_average  # use_ema's
+                self.model.set_weights([average.numpy() for average in averages])
+                self.accuracies("ema", at)
+                self.model.set_weights(trained)
+            print(f"{args.data} {args.model} {args.variant} seed {args.seed} epoch {epoch + 1}: "
+                  f"val_accuracy {logs['val_accuracy']:.3f} test {record['test_accuracy'][-1]:.3f} "
+                  f"({record['seconds'][-1]:.1f} s)", flush=True)
+
+    model.fit(train_batches, validation_data=choice_batches, epochs=settings["epochs"],
+              class_weight=class_weights, shuffle=False, callbacks=[Recorder()], verbose=0)
+    return settings, record
 
 
-def read_split(paths, labels, image_size):
-    import image_files
+def run_svm(args, data_dir):
+    import SVMModel  # TensorFlow starts quietly in its keras_tools
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
 
-    images, readable = image_files.read_images(paths, image_size)
-    return images, np.array(labels, dtype=np.int64)[readable]
-
-
-def oversampled(images, labels, seed):
-    """Every class repeated (with random picks) up to the largest class's count."""
-    rng = np.random.default_rng(seed)
-    counts = np.bincount(labels)
-    picks = [np.concatenate([np.flatnonzero(labels == index),
-                             rng.choice(np.flatnonzero(labels == index), counts.max() - count)])
-             for index, count in enumerate(counts)]
-    picks = np.concatenate(picks)
-    return images[picks], labels[picks]
+    settings = {**SVMModel.FEATURES, **SVM_VARIANTS[args.variant]}
+    splits, class_names = read_splits(data_dir, settings["image_size"])
+    started = time.perf_counter()
+    kinds = {role: SVMModel.features(images, settings) for role, (images, _) in splits.items()}
+    features = {role: np.hstack(list(values.values())) for role, values in kinds.items()}
+    train_labels = splits["training"][1]
+    folds = StratifiedKFold(n_splits=SVMModel.CV_FOLDS, shuffle=True, random_state=args.seed)
+    pipeline = make_pipeline(SVMModel.feature_columns(kinds["training"]),
+                             SVC(kernel="rbf", class_weight=SVMModel.CLASS_WEIGHT))
+    search = GridSearchCV(pipeline, {"svc__C": SVMModel.C_GRID, "svc__gamma": SVMModel.GAMMA_GRID}, cv=folds)
+    search.fit(features["training"], train_labels)
+    record = {f"{role}_raw": [float(np.mean(search.predict(features[role]) == splits[role][1]))]
+              for role in ("choice", "test")}
+    record["seconds"] = [time.perf_counter() - started]
+    record["best_params"] = {name: str(value) for name, value in search.best_params_.items()}
+    return settings, record
 
 
 def run(args):
@@ -142,132 +242,32 @@ def run(args):
     if not data_dir.is_dir():
         print(f"skipped: {data_dir} is not there")
         return
-    import keras_tools  # first: TensorFlow starts there, quietly
-
-    import keras
-    import tensorflow as tf
-
-    import image_files
-
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    script = __import__(args.model)
-    settings = run_settings(args.model, args.variant, script)
-    image_size = settings["image_size"]
-    epochs = args.epochs or settings["epochs"]
-    class_names = image_files.class_names(str(data_dir / "train"), "training")
-
-    (train_paths, train_labels), (validation_paths, validation_labels) = stratified_split(
-        str(data_dir / "train"), class_names)
-    train_images, train_labels = read_split(train_paths, train_labels, image_size)
-    validation_images, validation_labels = read_split(validation_paths, validation_labels, image_size)
-    test_images, test_labels, _ = image_files.read_image_folder(
-        str(data_dir / "validation"), class_names, image_size, "test")
-
-    keras.utils.set_random_seed(args.seed)
-    class_weights = None
-    if settings["sampling"] == "class_weights":
-        counts = np.bincount(train_labels, minlength=len(class_names))
-        class_weights = {index: counts.max() / count for index, count in enumerate(counts)}
-    elif settings["sampling"] == "balanced":
-        train_images, train_labels = oversampled(train_images, train_labels, args.seed)
-    augmentation = settings["augmentation"]
-
-    num_classes = len(class_names)
-    train_batches = keras_tools.training_batches(
-        train_images, train_labels, num_classes, settings["batch_size"], args.seed, augmentation)
-    validation_batches = keras_tools.validation_batches(
-        validation_images, validation_labels, num_classes, 32)
-    test_batches = keras_tools.validation_batches(test_images, test_labels, num_classes, 32)
-    model = script.build_model(image_size, num_classes)
-    script.compile_model(model)
-
-    record = collections.defaultdict(list)
-
-    class Recorder(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            record["seconds"].append(time.perf_counter() - self.started)
-            record["learning_rate"].append(float(self.model.optimizer.learning_rate))
-            test_loss, test_accuracy = self.model.evaluate(test_batches, verbose=0)
-            for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
-                record[name].append(float(logs[name]))
-            record["test_loss"].append(float(test_loss))
-            record["test_accuracy"].append(float(test_accuracy))
-            print(f"{args.data} {args.model} {args.variant} seed {args.seed} epoch {epoch + 1}: "
-                  f"val_loss {logs['val_loss']:.4f} val_accuracy {logs['val_accuracy']:.4f} "
-                  f"test_accuracy {test_accuracy:.4f} ({record['seconds'][-1]:.1f} s)", flush=True)
-
-    callbacks = [Recorder()]
-    if settings["reduce_lr"]:
-        factor, patience, min_lr = settings["reduce_lr"]
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=factor, patience=patience, min_lr=min_lr))
-    model.fit(train_batches, validation_data=validation_batches, epochs=epochs,
-              class_weight=class_weights, shuffle=False, callbacks=callbacks, verbose=0)
-
+    os.chdir(REPO)  # the scripts' defaults are relative to the repository
+    started = time.perf_counter()
+    settings, record = (run_svm if args.model == "SVMModel" else run_cnn)(args, data_dir)
     line = {"data": args.data, "model": args.model, "variant": args.variant, "seed": args.seed,
-            "settings": settings, "train_images": int(len(train_labels)),
-            "validation_images": int(len(validation_labels)), "test_images": int(len(test_labels)),
+            "settings": settings, "minutes": (time.perf_counter() - started) / 60,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "threads": args.threads, **record}
     with open(args.out, "a") as out:
         out.write(json.dumps(line) + "\n")
 
 
-# Ways of picking the model from a run, each from val_loss only.
+# Reading the runs: which epoch, and which weights and prediction, a script would keep.
 
-def last_epoch(val_loss, epochs):
-    """The model after `epochs` epochs: (epoch index, epochs trained)."""
-    return epochs - 1, epochs
-
-
-def best_epoch(val_loss, epochs):
-    """The epoch of lowest val_loss within `epochs` epochs."""
-    return int(np.argmin(val_loss[:epochs])), epochs
-
-
-def best_accuracy_epoch(result, epochs):
-    """The epoch of highest val_accuracy within `epochs` epochs, the lower val_loss on a tie."""
-    scores = list(zip(result["val_accuracy"][:epochs], [-loss for loss in result["val_loss"][:epochs]]))
-    return scores.index(max(scores)), epochs
-
-
-def early_stopping(val_loss, epochs, patience):
-    """Keras EarlyStopping(patience, restore_best_weights=True) within `epochs` epochs."""
-    best, best_index = float("inf"), 0
-    for index, loss in enumerate(val_loss[:epochs]):
-        if loss < best:
-            best, best_index = loss, index
-        elif index - best_index >= patience:
-            return best_index, index + 1
-    return best_index, epochs
-
-
-def stopped_epoch(val_loss, epochs, patience):
-    """Keras EarlyStopping(patience) keeping the epoch it stopped at."""
-    run_epochs = early_stopping(val_loss, epochs, patience)[1]
-    return run_epochs - 1, run_epochs
-
-
-def picks(epochs):
-    """(name, pick(result) -> (epoch index, epochs trained)) of each way of picking the model."""
-    yield f"last of {epochs}", lambda result: last_epoch(result["val_loss"], epochs)
-    yield f"best val_loss of {epochs}", lambda result: best_epoch(result["val_loss"], epochs)
-    yield f"best val_accuracy of {epochs}", lambda result: best_accuracy_epoch(result, epochs)
-    for patience in (10, 15):
-        yield (f"early stop {patience}, best of {epochs}",
-               lambda result, patience=patience: early_stopping(result["val_loss"], epochs, patience))
-        yield (f"early stop {patience}, last of {epochs}",
-               lambda result, patience=patience: stopped_epoch(result["val_loss"], epochs, patience))
-
-
-def mean_and_spread(values):
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+def readings(result):
+    """{reading: test accuracy} of one run, for each way a script could keep and use its model."""
+    if result["model"] == "SVMModel":
+        return {"as trained": result["test_raw"][0]}
+    scores = result["val_accuracy"]
+    best = len(scores) - 1 - int(np.argmax(scores[::-1]))  # the later one on a tie
+    found = {"last epoch": result["test_accuracy"][-1],
+             "best choice-split epoch": result["test_accuracy"][best]}
+    for epochs in result["test_raw_mirror"]:
+        for weights, name in (("raw", ""), ("ema", ", EMA")):
+            for mirror, mirror_name in (("", ""), ("_mirror", " + mirror")):
+                found[f"epoch {epochs}{name}{mirror_name}"] = result[f"test_{weights}{mirror}"][epochs]
+    return found
 
 
 def summary(args):
@@ -275,24 +275,31 @@ def summary(args):
     with open(args.results) as results:
         for line in results:
             result = json.loads(line)
-            runs[result["data"], result["model"], result["variant"]].append(result)
-    print("| data | model | variant | pick | seeds | test accuracy | val accuracy "
-          "| epochs | minutes |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (data, model, variant), results in sorted(runs.items()):
-        trained = min(len(result["val_loss"]) for result in results)
-        for epochs in sorted({trained, *args.epochs} & set(range(1, trained + 1))):
-            for pick_name, pick in picks(epochs):
-                tests, validations, epochs_run, minutes = [], [], [], []
-                for result in results:
-                    index, run_epochs = pick(result)
-                    tests.append(result["test_accuracy"][index])
-                    validations.append(result["val_accuracy"][index])
-                    epochs_run.append(run_epochs)
-                    minutes.append(sum(result["seconds"][:run_epochs]) / 60)
-                print(f"| {data} | {model} | {variant} | {pick_name} | {len(results)} "
-                      f"| {mean_and_spread(tests)} | {mean_and_spread(validations)} "
-                      f"| {statistics.mean(epochs_run):.0f} | {statistics.mean(minutes):.1f} |")
+            runs[result["model"], result["variant"], result["data"]].append(result)
+    data_sets = [data for data in DATA_SETS if any(key[2] == data for key in runs)]
+    print("| model | variant | reading | " + " | ".join(data_sets) + " | two-set mean | seeds | minutes a run |")
+    print("|---|---|---|" + "---|" * (len(data_sets) + 3))
+    for model, variant in sorted({(model, variant) for model, variant, _ in runs}):
+        by_data = {data: [readings(result) for result in runs.get((model, variant, data), [])]
+                   for data in data_sets}
+        names = [name for name in next(found for found in by_data.values() if found)[0]]
+        minutes = [result["minutes"] for data in data_sets for result in runs.get((model, variant, data), [])]
+        seeds = sorted({len(found) for found in by_data.values() if found})
+        for name in names:
+            cells, real_means = [], []
+            for data in data_sets:
+                values = [found[name] for found in by_data[data] if name in found]
+                if not values:
+                    cells.append("")
+                    continue
+                mean = statistics.mean(values)
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{mean:.3f} ± {spread:.3f}")
+                if data != "bundled":
+                    real_means.append(mean)
+            two_set = f"{statistics.mean(real_means):.3f}" if len(real_means) == 2 else ""
+            print(f"| {model} | {variant} | {name} | " + " | ".join(cells)
+                  + f" | {two_set} | {'/'.join(map(str, seeds))} | {statistics.mean(minutes):.1f} |")
 
 
 def main():
@@ -300,21 +307,18 @@ def main():
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="train one model and append its record to --out")
     run_parser.add_argument("--data", choices=DATA_SETS, required=True)
-    run_parser.add_argument("--model", choices=("FirstModel", "SecondModel"), required=True)
-    run_parser.add_argument("--variant", choices=VARIANTS, default="2018")
+    run_parser.add_argument("--model", choices=("FirstModel", "SecondModel", "SVMModel"), required=True)
+    run_parser.add_argument("--variant", default="defaults")
     run_parser.add_argument("--seed", type=int, required=True)
     run_parser.add_argument("--epochs", type=int, default=0, help="default: the variant's")
     run_parser.add_argument("--threads", type=int, default=0,
                             help="TensorFlow threads; 1 when two runs share 2 cores")
     run_parser.add_argument("--out", required=True, help="JSON lines file to append to")
-    summary_parser = commands.add_parser("summary", help="test accuracy by variant and pick")
+    summary_parser = commands.add_parser("summary", help="test accuracy by model, variant and reading")
     summary_parser.add_argument("results")
-    summary_parser.add_argument("--epochs", type=int, nargs="*", default=[25, 30, 40],
-                                help="also read the runs as if they had stopped here")
     args = parser.parse_args()
     if args.command == "run":
         args.out = os.path.abspath(args.out)
-        os.chdir(REPO)  # the scripts' defaults are relative to the repository
         run(args)
     else:
         summary(args)
