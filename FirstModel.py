@@ -79,9 +79,10 @@ def parse_args():
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
     parser.add_argument("--model-file", default=MODEL_FILE,
-                        help="where the model is saved, its weights beside it; --predict and "
-                             "--initial-epoch load it: a model file can run code, so load only "
-                             "models you made or trust")
+                        help="where the epoch of highest val_accuracy is saved (the last "
+                             "epoch beside it, as <name>.last.h5); --predict and --initial-epoch "
+                             "load them: a model file can run code, so load only models you made "
+                             "or trust")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--predict", metavar="PATH",
                         help="classify this image, or every image under this folder, with the "
@@ -176,8 +177,10 @@ def start_tensorboard_run(args, class_names, train_images, train_labels):
 
 
 def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
-    """What runs beside fit: TensorBoard's scalars, the validation report, the best epoch."""
-    callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), validation_report, best_epoch]
+    """What runs beside fit: TensorBoard's scalars, the epoch kept, the validation report."""
+    # best_epoch before validation_report: it puts the kept epoch back in the model, which the
+    # report then describes.
+    callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), best_epoch, validation_report]
     # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
     if REDUCE_LR_PATIENCE:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -190,18 +193,19 @@ def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
 
 
 def save_and_report(model, args, class_names, history, best_epoch, validation_report):
-    """Save the last epoch and the best, and say what they are and what the last gets wrong."""
+    """Save the epoch kept and the last, and say what the kept one is and what it gets wrong."""
+    last_epoch = args.initial_epoch + len(history.epoch)
     last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
-    saved_files = keras_tools.save_run(model, args.model_file, class_names,
-                                       args.initial_epoch + len(history.epoch), last_metrics, best_epoch)
+    saved_files = keras_tools.save_run(model, args.model_file, class_names, best_epoch, last_epoch,
+                                       last_metrics)
     print(f"Saved {', '.join(saved_files)}")
-    if best_epoch.weights is not None:
-        print(f"Lowest val_loss: epoch {best_epoch.epoch}, val_loss {best_epoch.metrics['val_loss']:.4f}, "
-              f"val_accuracy {best_epoch.metrics['val_accuracy']:.4f}, saved as {saved_files[2]}")
+    kept_metrics = best_epoch.metrics if best_epoch.weights is not None else last_metrics
+    print(f"Kept in {args.model_file}: epoch {best_epoch.epoch or last_epoch} of {last_epoch}, the one of "
+          f"highest val_accuracy; the last epoch, which --initial-epoch resumes, is in {saved_files[2]}")
     print(f"Validation set, per class:\n{validation_report.report}")
     print(f"Misclassified validation images, most confident first:\n{validation_report.mistakes}")
-    # The last line sums the run up, like the 2018 README's results.
-    print(" - ".join(f"{name}: {last_metrics[name]:.4f}"
+    # The last line sums the kept epoch up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {kept_metrics[name]:.4f}"
                      for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
 
 
@@ -267,7 +271,7 @@ def main():
     else:
         model = build_model(args.image_size, len(class_names))
         compile_model(model)
-        best_epoch = keras_tools.BestEpoch()  # the epoch of lowest val_loss, saved beside the last
+        best_epoch = keras_tools.BestEpoch()  # the epoch of highest val_accuracy: the model kept
     model.summary()
 
     run_dir, run_log = start_tensorboard_run(args, class_names, train_images, train_labels)
@@ -294,7 +298,7 @@ def main():
         sys.exit(keras_tools.save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c,
                                                   sys.argv[0], vars(args)))
 
-    # The last epoch is the model, as in 2018; the epoch of lowest val_loss is kept beside it.
+    # The model is the epoch of highest val_accuracy (2018: the last); the last is kept beside it.
     save_and_report(model, args, class_names, history, best_epoch, validation_report)
 
 

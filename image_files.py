@@ -1,14 +1,9 @@
-"""Image folders in, files out: the plumbing every script shares, without TensorFlow
-(which keras_tools starts, its start-up lines hidden by start_up_lines_hidden here).
+"""Image folders in, files out: the plumbing every script shares, without TensorFlow.
 
-A data set is a folder with one sub-folder of images per class, the class names
-being the sub-folder names in sorted order, as Keras' flow_from_directory has them:
-
-    data/train/cats/001.jpg      data/validation/cats/101.jpg
-    data/train/dogs/002.png      data/validation/dogs/102.png
-
-Names: read_* read images, save_* write files (never overwriting a file, never
-leaving half of one), check_* raise DataError, the one-line problems a user can fix.
+A data set is a folder with one sub-folder of images per class (data/train/cats/001.jpg),
+the class names being the sub-folder names in sorted order, as flow_from_directory has them.
+Names: read_* read images, save_* write files (never over one, never half of one), check_*
+raise DataError, a problem the user can fix, told in one line.
 """
 
 import concurrent.futures
@@ -56,9 +51,8 @@ def readable_text(text):
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-# Lines TensorFlow prints as it starts that say nothing a user must act on: absl's banner,
-# its information lines (no CUDA driver, CPU instructions, oneDNN) and their second line.
-# keras_tools starts TensorFlow inside start_up_lines_hidden().
+# Lines TensorFlow prints as it starts (keras_tools starts it in start_up_lines_hidden) that
+# say nothing to act on: absl's banner, its information lines and their second line.
 _START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)"
                             r"|I\d{4} |To enable the following instructions:")
 
@@ -97,8 +91,8 @@ def start_up_lines_hidden():
 # Checking folders and settings, before anything slow starts.
 
 def list_images(folder):
-    """Paths, relative to folder, of the images in it and its sub-folders, less hidden ones,
-    in flow_from_directory's order (folder by folder, sorted by path, then by file name)."""
+    """Paths, relative to folder, of its images and its sub-folders', less hidden ones, in
+    flow_from_directory's order."""
     found = []
     for root, sub_folders, names in os.walk(folder):
         sub_folders[:] = [name for name in sub_folders if not name.startswith(".")]
@@ -314,11 +308,8 @@ def _ctrl_c_held_off():
 
 def save_new_file(write, folder, names):
     """Write a file through write(file object) under the first of names that is free; its path.
-
-    The data goes to a hidden file first; only a whole file gets a real name, never an
-    existing one: by a hard link where the drive has them, else by a rename onto a new
-    empty file made by an exclusive create (FAT and exFAT drives, some network shares).
-    """
+    Only a whole file gets a name, never one taken: by a hard link where the drive has them,
+    else by a rename onto a new empty file made by an exclusive create (FAT, exFAT, shares)."""
     temp_path = _new_hidden_file(folder, "new")
     try:
         with open(temp_path, "wb") as temp_file:
@@ -351,12 +342,8 @@ def save_new_jpeg(image, folder, prefix):
 
 
 def save_files_atomically(saves):
-    """Write a set of files, each through its save(temporary path), then put them all in place.
-
-    saves is {path: save}. Each file is written whole under a hidden name in its folder,
-    then all are renamed over their paths one right after the other, with Ctrl-C held
-    off: a crash or Ctrl-C leaves the previous set whole, never half a file or a mix.
-    """
+    """Write each file of saves, {path: save(temporary path)}, whole under a hidden name, then
+    rename all into place together, Ctrl-C held off: a crash leaves the old set, never a mix."""
     temp_paths = {}
     with _ctrl_c_held_off():
         try:

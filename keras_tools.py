@@ -71,15 +71,17 @@ def check_resume(model_file, initial_epoch, epochs):
     if not os.path.isfile(model_file):
         raise DataError(f"cannot resume: model file '{model_file}' does not exist; train from the "
                         "start (--initial-epoch 0) or name the saved model with --model-file")
+    last_file = sibling_file(model_file, "last")  # the last epoch, which a run resumes
+    resumed_file = last_file if os.path.isfile(last_file) else model_file
     try:
-        with h5py.File(model_file, "r") as saved:
+        with h5py.File(resumed_file, "r") as saved:
             recorded = int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None  # save_run's
     except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
-        raise DataError(f"cannot resume: '{model_file}' is not a Keras model saved by these scripts "
+        raise DataError(f"cannot resume: '{resumed_file}' is not a Keras model saved by these scripts "
                         f"({error}); name another with --model-file") from None
     if recorded is not None and recorded != initial_epoch:
-        raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: it holds the "
-                        f"model after epoch {recorded}; use --initial-epoch {recorded}")
+        raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{resumed_file}' "
+                        f"holds the model after epoch {recorded}; use --initial-epoch {recorded}")
 
 
 # Batches: the images stay in memory as uint8; augmentation runs on them inside tf.data.
@@ -177,20 +179,18 @@ def augment(images, generator, seed):
     return transformed
 
 
-# Model files: <name>.h5 (the last epoch), <name>.best.h5 (lowest val_loss), each with its
-# weights beside it (<name>.weights.h5), the class names, epoch and metrics in its attributes.
+# Model files: <name>.h5, the epoch kept (BestEpoch), and <name>.last.h5, the last epoch, from
+# which a run resumes; each with its weights beside it (<name>.weights.h5, <name>.last.weights.h5)
+# and the class names, epoch and metrics in its attributes.
 
 def sibling_file(model_file, kind):
-    """<name>.<kind>.h5 beside model_file: kind is "weights", "best", "partial", ..."""
+    """<name>.<kind>.h5 beside model_file: kind is "weights", "last", "partial", ..."""
     return f"{os.path.splitext(model_file)[0]}.{kind}.h5"
 
 
-def _model_saves(model, model_file, class_names, epoch, metrics, weights=None):
-    """{path: save} of model as model_file and its weights, with weights instead of its own if given."""
+def _model_saves(model, model_file, class_names, epoch, metrics, weights):
+    """{path: save} of model with weights as model_file and its weights file; model keeps its own."""
     def with_weights(save):
-        if weights is None:
-            return save
-
         def save_with_weights(path):
             own_weights = model.get_weights()
             model.set_weights(weights)
@@ -211,13 +211,16 @@ def _model_saves(model, model_file, class_names, epoch, metrics, weights=None):
             sibling_file(model_file, "weights"): with_weights(model.save_weights)}
 
 
-def save_run(model, model_file, class_names, epoch, metrics, best_epoch):
-    """Save model (epoch, counted from 1, and its Keras logs metrics) as model_file, and
-    best_epoch's weights as <name>.best.h5, all four files at once; returns their paths."""
-    saves = _model_saves(model, model_file, class_names, epoch, metrics)
-    if best_epoch.weights is not None:
-        saves.update(_model_saves(model, sibling_file(model_file, "best"), class_names,
-                                  best_epoch.epoch, best_epoch.metrics, best_epoch.weights))
+def save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics):
+    """Save the epoch best_epoch kept as model_file and the last epoch (last_epoch, counted from 1,
+    its Keras logs last_metrics) as <name>.last.h5, all four files at once; returns their paths.
+    model holds the last epoch, or the kept one after BestEpoch.on_train_end."""
+    last_weights = best_epoch.last_weights or model.get_weights()
+    kept = (best_epoch.epoch, best_epoch.metrics) if best_epoch.weights is not None else (last_epoch, last_metrics)
+    kept_weights = best_epoch.weights if best_epoch.weights is not None else model.get_weights()
+    saves = _model_saves(model, model_file, class_names, *kept, kept_weights)
+    saves.update(_model_saves(model, sibling_file(model_file, "last"), class_names, last_epoch, last_metrics,
+                              last_weights))
     image_files.save_files_atomically(saves)
     return list(saves)
 
@@ -241,40 +244,53 @@ def load_model(model_file, image_size=None, num_classes=None):
 
 
 def load_run(model_file, image_size, num_classes, compile_model):
-    """Go on with a run save_run saved: (compiled model with its optimizer state, BestEpoch so far)."""
-    model, _ = load_model(model_file, image_size, num_classes)
+    """Go on with a run save_run saved: (the last epoch, compiled, with its optimizer state; the
+    BestEpoch so far). Files of older runs, without <name>.last.h5, resume model_file."""
+    last_file = sibling_file(model_file, "last")
+    resumed_file = last_file if os.path.isfile(last_file) else model_file
+    model, _ = load_model(resumed_file, image_size, num_classes)
     compile_model(model)
     # load_model restores an .h5 model's weights, not its optimizer's state (Adadelta's averages).
-    with h5py.File(model_file, "r") as saved:
+    with h5py.File(resumed_file, "r") as saved:
         if "optimizer_weights" in saved:
             state = saved["optimizer_weights"]
             model.optimizer.build(model.trainable_variables)
             model.optimizer.set_weights([state[name][()] for name in state.attrs["weight_names"]])
-    best_file = sibling_file(model_file, "best")
-    if not os.path.isfile(best_file):
+    if resumed_file == model_file:
         return model, BestEpoch()
-    best_model, _ = load_model(best_file, image_size, num_classes)
-    with h5py.File(best_file, "r") as saved:
+    kept_model, _ = load_model(model_file, image_size, num_classes)
+    with h5py.File(model_file, "r") as saved:
         epoch, metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
-    return model, BestEpoch(epoch, metrics, best_model.get_weights())
+    return model, BestEpoch(epoch, metrics, kept_model.get_weights())
 
 
 # Keras' ModelCheckpoint and BackupAndRestore write their files in place (a kill mid-save
 # truncates them) and keep no class names: the best epoch is kept in memory, saved with the last.
 class BestEpoch(keras.callbacks.Callback):
-    """The weights and logs of the epoch (counted from 1) with the lowest val_loss; a resumed run
-    starts from the one saved before, so that only a better epoch replaces it."""
+    """The epoch (counted from 1) of highest val_accuracy, the lower val_loss on a tie: its weights
+    and logs, put back in the model when training ends (the last epoch's in self.last_weights).
+    On held-out photos it did better than the last epoch (docs/generalisation.md). A resumed run
+    starts from the one saved before, so that only a better epoch replaces it. Put it before the
+    callbacks that describe the model at the end (ValidationReport)."""
 
     def __init__(self, epoch=None, metrics=None, weights=None):
         super().__init__()
-        self.epoch, self.metrics, self.weights = epoch, metrics, weights
+        self.epoch, self.metrics, self.weights, self.last_weights = epoch, metrics, weights, None
 
     def on_epoch_end(self, epoch, logs=None):
-        # A NaN val_loss is never the best, and a NaN kept from before is beaten by any number.
-        best = math.nan if self.metrics is None else self.metrics.get("val_loss", math.nan)
-        if math.isfinite(logs["val_loss"]) and not logs["val_loss"] >= best:
+        # An epoch whose val_loss is not a number diverged: never kept, and beaten by any other.
+        best = self.metrics or {}
+        best_score = (best.get("val_accuracy", -math.inf), -best.get("val_loss", math.inf))
+        if math.isfinite(logs["val_loss"]) and (
+                not math.isfinite(best.get("val_loss", math.nan))
+                or (logs["val_accuracy"], -logs["val_loss"]) > best_score):
             self.epoch, self.weights = epoch + 1, self.model.get_weights()
             self.metrics = {name: float(value) for name, value in logs.items()}
+
+    def on_train_end(self, logs=None):
+        self.last_weights = self.model.get_weights()
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
 
 
 class EpochInterrupted(Exception):
@@ -334,8 +350,8 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
         return (f"Interrupted before the end of epoch {completed + 1}; nothing new to save: {model_file} "
                 f"still holds epoch {completed}. To go on: {image_files.command_line(script, options)}")
     partial_file = sibling_file(model_file, "partial")
-    saved = save_run(model, partial_file, class_names, completed, stop_on_ctrl_c.last_epoch_logs, best_epoch)
-    best = "" if best_epoch.weights is None else f" (lowest val_loss: epoch {best_epoch.epoch})"
+    saved = save_run(model, partial_file, class_names, best_epoch, completed, stop_on_ctrl_c.last_epoch_logs)
+    best = "" if best_epoch.weights is None else f" (kept: epoch {best_epoch.epoch})"
     go_on = image_files.command_line(script, {**options, "model_file": partial_file,
                                               "initial_epoch": completed})
     return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
@@ -422,36 +438,33 @@ def log_validation(run_log, images, labels, probabilities, names, class_names, t
 
 
 class ValidationReport(keras.callbacks.Callback):
-    """The validation set's confusion matrix and mistakes every few epochs, and at the end
-    (after the last epoch, or Ctrl-C) with the per-class report and the list of mistakes,
-    kept in self.report and self.mistakes. batches are validation_batches() of images, whose
-    names (paths in the validation folder) are for the mistakes."""
+    """The validation set's confusion matrix and mistakes every few epochs, and at the end (after
+    the last epoch, or Ctrl-C) those of the model saved, with its per-class report and list of
+    mistakes, kept in self.report and self.mistakes. batches are validation_batches() of images,
+    whose names (paths in the validation folder) are for the mistakes."""
 
     def __init__(self, run_log, batches, images, labels, names, class_names, every):
         super().__init__()
         self.run_log, self.batches, self.images, self.labels = run_log, batches, images, labels
         self.names, self.class_names, self.every = names, class_names, every
-        self.last_epoch = self.logged_epoch = self.report = self.mistakes = None
+        self.last_epoch = self.report = self.mistakes = None
 
-    def _log(self, epoch):
-        self.logged_epoch = epoch
-        self.predictions, self.confidences = log_validation(
-            self.run_log, self.images, self.labels, self.model.predict(self.batches, verbose=0),
-            self.names, self.class_names, f"validation set after epoch {epoch + 1}", epoch)
+    def _log(self, epoch, title):
+        return log_validation(self.run_log, self.images, self.labels, self.model.predict(self.batches, verbose=0),
+                              self.names, self.class_names, title, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self.last_epoch = epoch
-        if (epoch + 1) % self.every == 0:
-            self._log(epoch)
+        if (epoch + 1) % self.every == 0 and epoch + 1 < self.params["epochs"]:  # the last: at the end
+            self._log(epoch, f"validation set after epoch {epoch + 1}")
 
     def on_train_end(self, logs=None):
         if self.last_epoch is None:
             return  # stopped before the first epoch ended: nothing new to report
-        if self.logged_epoch != self.last_epoch:
-            self._log(self.last_epoch)
-        self.report = report_table(self.labels, self.predictions, self.class_names)
-        self.mistakes = image_files.mistakes_table(self.names, self.labels, self.predictions,
-                                                   self.confidences, self.class_names)
+        predictions, confidences = self._log(self.last_epoch, "validation set, the model saved")
+        self.report = report_table(self.labels, predictions, self.class_names)
+        self.mistakes = image_files.mistakes_table(self.names, self.labels, predictions, confidences,
+                                                   self.class_names)
         log_text(self.run_log, "classification_report", self.report, self.last_epoch)
         log_text(self.run_log, "misclassified_validation_list", f"```\n{self.mistakes}\n```", self.last_epoch)
 

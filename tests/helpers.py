@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -103,3 +104,15 @@ def run_in_process(script, *args, cwd, constants=None):
         keras.backend.clear_session()  # each run starts from a clean Keras, as in a new process
     return subprocess.CompletedProcess(sys.argv, returncode, stdout.getvalue(), stderr.getvalue())
 
+
+# The last line of a model script's run: the figures of the epoch kept, as the 2018 README has them.
+FINAL_LINE = re.compile(
+    r"^loss: (\d+\.\d+) - accuracy: (\d+\.\d+) - val_loss: (\d+\.\d+) - val_accuracy: (\d+\.\d+)$")
+
+
+def reload_and_predict(model_file, image_size, batch):
+    """Load a saved model as any Keras 3 program would, with no custom objects: its output shape."""
+    import keras
+
+    model = keras.models.load_model(model_file)
+    return model.predict(np.zeros((batch, image_size, image_size, 3)), verbose=0).shape

@@ -131,21 +131,28 @@ class FailingModel:
 
     save_weights = save
 
+    def get_weights(self):
+        return []
+
+    def set_weights(self, weights):
+        pass
+
 
 def test_a_save_cut_short_leaves_the_previous_model_whole(tmp_path):
     model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(2)])
     model_file = str(tmp_path / "model.h5")
-    keras_tools.save_run(model, model_file, ["ant", "bee"], 1, {}, keras_tools.BestEpoch())
-    saved = {name: (tmp_path / name).read_bytes() for name in ("model.h5", "model.weights.h5")}
+    keras_tools.save_run(model, model_file, ["ant", "bee"], keras_tools.BestEpoch(), 1, {})
+    saved = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert sorted(saved) == ["model.h5", "model.last.h5", "model.last.weights.h5", "model.weights.h5"]
 
     with pytest.raises(KeyboardInterrupt):
-        keras_tools.save_run(FailingModel(), model_file, ["ant", "bee"], 2, {}, keras_tools.BestEpoch())
+        keras_tools.save_run(FailingModel(), model_file, ["ant", "bee"], keras_tools.BestEpoch(), 2, {})
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == saved
     assert keras.models.load_model(model_file).output_shape == (None, 2)
 
 
 def test_a_set_of_files_is_replaced_all_together_or_not_at_all(tmp_path):
-    names = ["model.h5", "model.weights.h5", "model.best.h5", "model.best.weights.h5"]
+    names = ["model.h5", "model.weights.h5", "model.last.h5", "model.last.weights.h5"]
     for name in names:
         (tmp_path / name).write_text(f"old {name}")
 
@@ -167,10 +174,10 @@ def test_a_set_of_files_is_replaced_all_together_or_not_at_all(tmp_path):
     # Ctrl-C while saving waits until the whole set is in place.
     def press_ctrl_c_while_saving(path):
         signal.raise_signal(signal.SIGINT)
-        write("new model.best.h5")(path)
+        write("new model.last.h5")(path)
 
     saves = {str(tmp_path / name): write(f"new {name}") for name in names}
-    saves[str(tmp_path / "model.best.h5")] = press_ctrl_c_while_saving
+    saves[str(tmp_path / "model.last.h5")] = press_ctrl_c_while_saving
     image_files.save_files_atomically(saves)
     assert all((tmp_path / name).read_text() == f"new {name}" for name in names)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -207,15 +214,15 @@ def test_ctrl_c_then_the_printed_command_finishes_the_run(script, tmp_path):
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     completed = int(lines[0].split()[3].rstrip(";"))
     partial_file = tmp_path / "model.partial.h5"
-    best_epoch = saved_epoch(tmp_path / "model.partial.best.h5")
+    best_epoch = saved_epoch(tmp_path / "model.partial.h5")
     saved = ", ".join(str(tmp_path / name) for name in (
-        "model.partial.h5", "model.partial.weights.h5", "model.partial.best.h5",
-        "model.partial.best.weights.h5"))
+        "model.partial.h5", "model.partial.weights.h5", "model.partial.last.h5",
+        "model.partial.last.weights.h5"))
     assert lines[0].startswith(f"Interrupted after epoch {completed}; saved {saved} "
-                               f"(lowest val_loss: epoch {best_epoch}). To go on: python ")
+                               f"(kept: epoch {best_epoch}). To go on: python ")
     # Only complete epochs: two at least, as many as TensorBoard logged and the model file holds.
     assert 2 <= completed < epochs and 1 <= best_epoch <= completed
-    assert saved_epoch(partial_file) == completed
+    assert saved_epoch(tmp_path / "model.partial.last.h5") == completed
     [first_run] = (tmp_path / "my logs").iterdir()
     assert sorted(logged_scalars(first_run / "validation")["epoch_loss"]) == list(range(completed))
     assert model_file.read_bytes() == b"the model saved by an earlier run"
@@ -229,7 +236,7 @@ def test_ctrl_c_then_the_printed_command_finishes_the_run(script, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert stderr_lines(resumed) == []
     assert f"Resuming {partial_file} after epoch {completed}" in resumed.stdout
-    assert saved_epoch(partial_file) == epochs
+    assert saved_epoch(tmp_path / "model.partial.last.h5") == epochs
     second_run = next(run for run in (tmp_path / "my logs").iterdir() if run != first_run)
     assert sorted(logged_scalars(second_run / "validation")["epoch_loss"]) == list(range(completed, epochs))
     with h5py.File(partial_file, "r") as saved_model:

@@ -106,7 +106,7 @@ def test_every_script_runs_without_linux_only_calls(runs):
         assert stderr_lines(result) == [], name
     assert len(results["first predict"].stdout.splitlines()) == 8
     assert len(results["svm predict"].stdout.splitlines()) == 8
-    for model_file in ("FirstModel.h5", "FirstModel.weights.h5", "FirstModel.best.h5", "SVMModel.joblib"):
+    for model_file in ("FirstModel.h5", "FirstModel.weights.h5", "FirstModel.last.h5", "SVMModel.joblib"):
         assert (work / model_file).is_file()
 
 

@@ -6,8 +6,8 @@ import h5py
 import keras
 
 import keras_tools
-from helpers import assert_one_line_error, logged_scalars, run_in_process, run_script, stderr_lines
-from test_first_model import FINAL_LINE, reload_and_predict
+from helpers import (FINAL_LINE, assert_one_line_error, logged_scalars, reload_and_predict, run_in_process,
+                     run_script, stderr_lines)
 
 
 def train_second_model(dataset, tmp_path, *extra_args, run=run_in_process):
@@ -33,7 +33,7 @@ def test_class_weights_training_and_resume(small_dataset, tmp_path):
     assert (tmp_path / "second.weights.h5").is_file()
     assert reload_and_predict(tmp_path / "second.h5", 32, 5) == (5, 2)
     # 12 training images at batch size 4: 3 steps an epoch.
-    assert optimizer_iterations(tmp_path / "second.h5") == 3
+    assert optimizer_iterations(tmp_path / "second.last.h5") == 3
 
     resumed = train_second_model(small_dataset, tmp_path, "--initial-epoch", 1, "--epochs", 3)
     assert resumed.returncode == 0, resumed.stderr
@@ -42,7 +42,7 @@ def test_class_weights_training_and_resume(small_dataset, tmp_path):
     assert "Epoch 1/3" not in resumed.stdout
     assert "Epoch 2/3" in resumed.stdout and "Epoch 3/3" in resumed.stdout
     # The optimizer's state went on from the saved model: 3 epochs of 3 steps in all.
-    assert optimizer_iterations(tmp_path / "second.h5") == 9
+    assert optimizer_iterations(tmp_path / "second.last.h5") == 9
 
     runs = sorted((tmp_path / "logs").iterdir())
     assert len(runs) == 2 and all(re.fullmatch(r"SecondModel-\d{8}-\d{6}", run.name) for run in runs)
@@ -68,8 +68,9 @@ def test_epochs_must_be_above_initial_epoch(small_dataset, tmp_path):
 def test_initial_epoch_must_match_the_saved_model(small_dataset, tmp_path):
     model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(2)])
-    keras_tools.save_run(model, str(tmp_path / "second.h5"), ["apple", "berry"], 4, {}, keras_tools.BestEpoch())
+    keras_tools.save_run(model, str(tmp_path / "second.h5"), ["apple", "berry"], keras_tools.BestEpoch(), 4, {})
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 3, "--epochs", 6)
-    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.h5'}' after epoch 3: it holds "
-                                  "the model after epoch 4; use --initial-epoch 4")
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.h5'}' after epoch 3: "
+                                  f"'{tmp_path / 'second.last.h5'}' holds the model after epoch 4; "
+                                  "use --initial-epoch 4")
     assert "Epoch" not in result.stdout

@@ -222,8 +222,9 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
     assert sessions[first_model]["hparams"]["rotation_range"] == 15
     assert sessions[second_model]["hparams"]["rotation_range"] == 0
     assert sessions[first_model]["hparams"]["epochs"] == FIRST_MODEL_EPOCHS
-    # The final validation accuracy, as the script's last line printed it.
-    final_accuracy = float(first_stdout.strip().splitlines()[-1].rsplit("val_accuracy: ", 1)[1])
+    # The last epoch's validation accuracy, as Keras printed it.
+    epoch_lines = [line for line in first_stdout.splitlines() if "/step - " in line]
+    final_accuracy = float(re.search(r"val_accuracy: ([0-9.]+)", epoch_lines[-1]).group(1))
     values = {(metric["name"]["group"], metric["name"]["tag"]): metric["value"]
               for metric in sessions[first_model]["metricValues"]}
     assert values[("validation", "epoch_accuracy")] == pytest.approx(final_accuracy, abs=1e-4)

@@ -1,4 +1,5 @@
-"""The model scripts keep the last epoch and the best, lower the learning rate and stop early."""
+"""The model scripts keep the epoch of highest val_accuracy and the last, lower the learning rate
+and stop early."""
 
 import json
 import math
@@ -8,8 +9,7 @@ import h5py
 import pytest
 
 import keras_tools
-from helpers import logged_scalars, make_images, run_in_process, stderr_lines
-from test_first_model import FINAL_LINE
+from helpers import FINAL_LINE, logged_scalars, make_images, run_in_process, stderr_lines
 
 SCRIPTS = ["FirstModel", "SecondModel"]
 
@@ -18,6 +18,16 @@ def epoch_val_losses(stdout):
     """The val_loss Keras printed at the end of every epoch, in order."""
     return [float(re.search(r" val_loss: (\d+\.\d+)", line).group(1))
             for line in stdout.splitlines() if "/step - " in line]
+
+
+def epoch_val_accuracies(stdout):
+    return [float(re.search(r" val_accuracy: (\d+\.\d+)", line).group(1))
+            for line in stdout.splitlines() if "/step - " in line]
+
+
+def kept_epoch(val_accuracies, val_losses):
+    """The epoch BestEpoch keeps, counted from 1: highest val_accuracy, the lower val_loss on a tie."""
+    return max(range(len(val_losses)), key=lambda epoch: (val_accuracies[epoch], -val_losses[epoch])) + 1
 
 
 def saved_epoch(model_file):
@@ -34,31 +44,32 @@ def misleading_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_saves_the_last_epoch_and_the_epoch_of_lowest_val_loss(script, small_dataset, tmp_path):
+def test_keeps_the_epoch_of_highest_val_accuracy_and_the_last_beside_it(script, small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / "model.h5"
     result = run_in_process(f"{script}.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--epochs", 6, "--batch-size", 2, "--image-size", 32,
-                        "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
+                            "--epochs", 6, "--batch-size", 2, "--image-size", 32,
+                            "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert stderr_lines(result) == []
 
-    val_losses = epoch_val_losses(result.stdout)
+    val_losses, val_accuracies = epoch_val_losses(result.stdout), epoch_val_accuracies(result.stdout)
     assert len(val_losses) == 6
-    best = val_losses.index(min(val_losses)) + 1
-    # The model file is the last epoch, as in 2018, and the last line is its figures.
+    kept = kept_epoch(val_accuracies, val_losses)
+    # The model file is the kept epoch, and the last line is its figures.
     epoch, metrics = saved_epoch(model_file)
-    assert epoch == 6
+    assert epoch == kept
+    assert metrics["val_accuracy"] == pytest.approx(max(val_accuracies), abs=1e-4)
     final = FINAL_LINE.match(result.stdout.strip().splitlines()[-1])
-    assert float(final.group(3)) == pytest.approx(val_losses[-1], abs=1e-4)
-    assert float(final.group(4)) == pytest.approx(metrics["val_accuracy"], abs=1e-4)
-    # The epoch of lowest val_loss is kept beside it.
-    best_epoch, best_metrics = saved_epoch(tmp_path / "model.best.h5")
-    assert best_epoch == best
-    assert best_metrics["val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
-    assert (f"Lowest val_loss: epoch {best}, val_loss {min(val_losses):.4f}, val_accuracy "
-            f"{best_metrics['val_accuracy']:.4f}, saved as {tmp_path / 'model.best.h5'}") in result.stdout
-    for name in ("model.weights.h5", "model.best.weights.h5"):
+    assert float(final.group(3)) == pytest.approx(val_losses[kept - 1], abs=1e-4)
+    assert float(final.group(4)) == pytest.approx(max(val_accuracies), abs=1e-4)
+    assert (f"Kept in {model_file}: epoch {kept} of 6, the one of highest val_accuracy; the last epoch, "
+            f"which --initial-epoch resumes, is in {tmp_path / 'model.last.h5'}") in result.stdout
+    # The last epoch is beside it, with its own figures.
+    last_epoch, last_metrics = saved_epoch(tmp_path / "model.last.h5")
+    assert last_epoch == 6
+    assert last_metrics["val_loss"] == pytest.approx(val_losses[-1], abs=1e-4)
+    for name in ("model.weights.h5", "model.last.weights.h5"):
         assert (tmp_path / name).is_file()
 
 
@@ -78,8 +89,8 @@ def test_lowers_the_learning_rate_then_stops_when_val_loss_stops_falling(
     # Three epochs without a lower val_loss after the best one, then no more.
     assert len(val_losses) == best + 3 < 30
     assert "Epoch 30/30" not in result.stdout
-    assert saved_epoch(tmp_path / "model.best.h5")[0] == best
-    assert saved_epoch(tmp_path / "model.h5")[0] == len(val_losses)
+    assert saved_epoch(tmp_path / "model.h5")[0] == kept_epoch(epoch_val_accuracies(result.stdout), val_losses)
+    assert saved_epoch(tmp_path / "model.last.h5")[0] == len(val_losses)
 
     [run] = (tmp_path / "logs").iterdir()
     learning_rates = logged_scalars(run / "train")["epoch_learning_rate"]
@@ -100,24 +111,44 @@ def test_a_resumed_run_replaces_the_best_epoch_only_with_a_better_one(misleading
     resumed = run_in_process(f"{script}.py", *arguments, "--initial-epoch", 2, "--epochs", 5, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming {tmp_path / 'model.h5'} after epoch 2" in resumed.stdout
-    assert saved_epoch(tmp_path / "model.h5")[0] == 5
+    assert saved_epoch(tmp_path / "model.last.h5")[0] == 5
 
-    # The best epoch kept is the best of all five, before and after the resume.
+    # The epoch kept is the best of all five, before and after the resume.
     val_losses = epoch_val_losses(first.stdout) + epoch_val_losses(resumed.stdout)
+    val_accuracies = epoch_val_accuracies(first.stdout) + epoch_val_accuracies(resumed.stdout)
     assert len(val_losses) == 5
-    epoch, metrics = saved_epoch(tmp_path / "model.best.h5")
-    assert epoch == val_losses.index(min(val_losses)) + 1
-    assert metrics["val_loss"] == pytest.approx(min(val_losses), abs=1e-4)
+    epoch, metrics = saved_epoch(tmp_path / "model.h5")
+    assert epoch == kept_epoch(val_accuracies, val_losses)
+    assert metrics["val_accuracy"] == pytest.approx(max(val_accuracies), abs=1e-4)
+
+
+class FakeModel:
+    """Stands for a Keras model: its weights are a number, for BestEpoch to keep and put back."""
+
+    def __init__(self):
+        self.weights = 0
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+
+def test_the_epoch_kept_has_the_highest_val_accuracy_then_the_lowest_val_loss():
+    model, best_epoch = FakeModel(), keras_tools.BestEpoch()
+    best_epoch.set_model(model)
+    for epoch, (val_accuracy, val_loss) in enumerate([(0.5, 0.6), (0.75, 0.9), (0.75, 0.8), (0.7, 0.1),
+                                                      (0.75, 0.85)]):
+        model.weights = epoch
+        best_epoch.on_epoch_end(epoch, {"val_loss": val_loss, "val_accuracy": val_accuracy})
+    assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (3, 2, 0.8)
+    # At the end of training the model holds the kept epoch, and the last is kept aside.
+    best_epoch.on_train_end()
+    assert (model.weights, best_epoch.last_weights) == (2, 4)
 
 
 def test_a_nan_val_loss_is_never_the_best_epoch():
-    class FakeModel:
-        def __init__(self):
-            self.weights = 0
-
-        def get_weights(self):
-            return self.weights
-
     model, best_epoch = FakeModel(), keras_tools.BestEpoch()
     best_epoch.set_model(model)
     for epoch, val_loss in enumerate([float("nan"), 0.9, float("nan"), 0.7, 0.8]):
@@ -126,7 +157,27 @@ def test_a_nan_val_loss_is_never_the_best_epoch():
     assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (4, 3, 0.7)
 
     # A NaN kept by a run saved before this check is beaten by the first number.
-    resumed = keras_tools.BestEpoch(epoch=2, metrics={"val_loss": float("nan")}, weights="old")
+    resumed = keras_tools.BestEpoch(epoch=2, metrics={"val_loss": float("nan"), "val_accuracy": 0.9},
+                                    weights="old")
     resumed.set_model(model)
-    resumed.on_epoch_end(5, {"val_loss": 1.5})
+    resumed.on_epoch_end(5, {"val_loss": 1.5, "val_accuracy": 0.25})
     assert (resumed.epoch, resumed.metrics["val_loss"]) == (6, 1.5)
+
+
+def test_the_model_file_holds_the_kept_weights_and_the_last_file_the_last(tmp_path):
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(1, use_bias=False)])
+    kept_weights = [np.array([[1.0], [2.0]])]
+    best_epoch = keras_tools.BestEpoch(epoch=3, metrics={"val_loss": 0.5, "val_accuracy": 0.75},
+                                       weights=kept_weights)
+    model.set_weights([np.array([[7.0], [8.0]])])  # the last epoch, 5, still in the model
+    keras_tools.save_run(model, str(tmp_path / "model.h5"), ["ant", "bee"], best_epoch, 5,
+                         {"val_loss": 0.9, "val_accuracy": 0.5})
+
+    def saved_weights(name):
+        return keras.models.load_model(tmp_path / name).get_weights()[0].ravel().tolist()
+
+    assert (saved_epoch(tmp_path / "model.h5")[0], saved_weights("model.h5")) == (3, [1.0, 2.0])
+    assert (saved_epoch(tmp_path / "model.last.h5")[0], saved_weights("model.last.h5")) == (5, [7.0, 8.0])

@@ -259,8 +259,9 @@ def readings(result):
     """{reading: test accuracy} of one run, for each way a script could keep and use its model."""
     if result["model"] == "SVMModel":
         return {"as trained": result["test_raw"][0]}
-    scores = result["val_accuracy"]
-    best = len(scores) - 1 - int(np.argmax(scores[::-1]))  # the later one on a tie
+    # The epoch BestEpoch keeps: highest val_accuracy, the lower val_loss on a tie.
+    best = max(range(len(result["val_accuracy"])),
+               key=lambda epoch: (result["val_accuracy"][epoch], -result["val_loss"][epoch]))
     found = {"last epoch": result["test_accuracy"][-1],
              "best choice-split epoch": result["test_accuracy"][best]}
     for epochs in result["test_raw_mirror"]:
