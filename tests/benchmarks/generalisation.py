@@ -3,6 +3,7 @@
     python tests/benchmarks/generalisation.py run --data flowers4 --model FirstModel \\
         --variant defaults --seed 1 --out runs.jsonl        # one run: a JSON line
     python tests/benchmarks/generalisation.py summary runs.jsonl   # Markdown tables
+    python tests/benchmarks/generalisation.py readme runs.jsonl    # the README's table
 
 docs/generalisation.md says how it was run and what came out. Three splits per data set:
 
@@ -303,6 +304,37 @@ def summary(args):
                   + f" | {two_set} | {'/'.join(map(str, seeds))} | {statistics.mean(minutes):.1f} |")
 
 
+# The README's results table: (model, settings as the README names them, variant, reading).
+README_ROWS = [
+    ("FirstModel", "2018", "2018", "last epoch"),
+    ("FirstModel", "today", "defaults", "best choice-split epoch"),
+    ("SecondModel", "2018", "defaults", "last epoch"),
+    ("SecondModel", "today", "defaults", "best choice-split epoch"),
+    ("SVMModel", "first port (2026)", "first port", "as trained"),
+    ("SVMModel", "today", "defaults", "as trained"),
+]
+
+
+def readme_table(args):
+    runs = collections.defaultdict(list)
+    with open(args.results) as results:
+        for line in results:
+            result = json.loads(line)
+            runs[result["model"], result["variant"], result["data"]].append(readings(result))
+    print("| model | settings | sign_digits4 | flowers4 | mean of the two | bundled shapes | seeds |")
+    print("|---|---|---|---|---|---|---|")
+    for model, settings, variant, reading in README_ROWS:
+        means = {data: statistics.mean(found[reading] for found in runs[model, variant, data])
+                 for data in DATA_SETS if runs[model, variant, data]}
+        seeds = sorted({len(runs[model, variant, data]) for data in means})
+        cells = [f"{means[data]:.2f}" if data in means else "" for data in ("sign_digits4", "flowers4")]
+        two_set = (f"{(means['sign_digits4'] + means['flowers4']) / 2:.2f}"
+                   if "sign_digits4" in means and "flowers4" in means else "")
+        bundled = f"{means['bundled']:.2f}" if "bundled" in means else ""
+        print(f"| {model} | {settings} | {cells[0]} | {cells[1]} | {two_set} | {bundled} | "
+              f"{'/'.join(map(str, seeds))} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -317,12 +349,14 @@ def main():
     run_parser.add_argument("--out", required=True, help="JSON lines file to append to")
     summary_parser = commands.add_parser("summary", help="test accuracy by model, variant and reading")
     summary_parser.add_argument("results")
+    readme_parser = commands.add_parser("readme", help="the README's results table")
+    readme_parser.add_argument("results")
     args = parser.parse_args()
     if args.command == "run":
         args.out = os.path.abspath(args.out)
         run(args)
     else:
-        summary(args)
+        {"summary": summary, "readme": readme_table}[args.command](args)
 
 
 if __name__ == "__main__":
