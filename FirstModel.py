@@ -244,12 +244,7 @@ def main():
             print(f"{path}\t{class_name}\t{probability:.4f}")
         return
     if args.check_labels:
-        suspects = check_labels(args)
-        print(f"{len(suspects)} training images whose label looks wrong, the most suspect first "
-              "(path, given class, its probability, likely class):" if suspects
-              else "No training image's label looks wrong.")
-        for line in suspects:
-            print(line)
+        print(check_labels(args))
         return
     class_names = check_run(args)
     keras.utils.set_random_seed(args.seed + args.initial_epoch)

@@ -207,12 +207,7 @@ def main():
         predict(args.model_file, args.predict)
         return
     if args.check_labels:
-        suspects = check_labels(args)
-        print(f"{len(suspects)} training images whose label looks wrong, the most suspect first "
-              "(path, given class, its probability, likely class):" if suspects
-              else "No training image's label looks wrong.")
-        for line in suspects:
-            print(line)
+        print(check_labels(args))
         return
 
     # Check the folders before anything slow starts.

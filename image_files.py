@@ -406,13 +406,17 @@ def mistakes_table(names, labels, predictions, confidences, class_names, limit=2
 
 def label_issues(paths, labels, probabilities, class_names):
     """The images whose given label looks wrong, the most suspect first, from out-of-fold
-    probabilities (cleanlab's find_label_issues, made for this): one tab-separated line each,
-    the path, the given class, the probability of it, and the class the model believes."""
+    probabilities (cleanlab's find_label_issues, made for this), as text: a line each, the
+    path, the given class, the probability of it and the class the model believes, tab-separated."""
     from cleanlab.filter import find_label_issues  # slow to import, and only --check-labels needs it
     suspects = find_label_issues(np.asarray(labels), np.asarray(probabilities),
                                  return_indices_ranked_by="self_confidence", n_jobs=1)
-    return [f"{paths[index]}\t{class_names[labels[index]]}\t{probabilities[index][labels[index]]:.4f}\t"
-            f"{class_names[int(np.argmax(probabilities[index]))]}" for index in suspects]
+    if not len(suspects):
+        return "No training image's label looks wrong."
+    return "\n".join([f"{len(suspects)} training images whose label looks wrong, the most suspect first "
+                      "(path, given class, its probability, likely class):"] + [
+        f"{paths[index]}\t{class_names[labels[index]]}\t{probabilities[index][labels[index]]:.4f}\t"
+        f"{class_names[int(np.argmax(probabilities[index]))]}" for index in suspects])
 
 
 # Pictures for TensorBoard.

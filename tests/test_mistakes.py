@@ -88,6 +88,8 @@ def test_check_labels_finds_planted_wrong_labels_first(script, flags, tmp_path):
     assert stderr_lines(result) == []
     suspects = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
     assert len(suspects) >= 3
+    assert (f"{len(suspects)} training images whose label looks wrong, the most suspect first "
+            "(path, given class, its probability, likely class):") in result.stdout
     assert {row[0] for row in suspects[:3]} == set(planted)
     for path, given, probability, likely in suspects[:3]:
         assert given == Path(path).parent.name and likely == planted[path]
