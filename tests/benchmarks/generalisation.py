@@ -326,13 +326,14 @@ def readme_table(args):
     for model, settings, variant, reading in README_ROWS:
         means = {data: statistics.mean(found[reading] for found in runs[model, variant, data])
                  for data in DATA_SETS if runs[model, variant, data]}
-        seeds = sorted({len(runs[model, variant, data]) for data in means})
+        seeds = {data: len(runs[model, variant, data]) for data in means}
         cells = [f"{means[data]:.2f}" if data in means else "" for data in ("sign_digits4", "flowers4")]
         two_set = (f"{(means['sign_digits4'] + means['flowers4']) / 2:.2f}"
                    if "sign_digits4" in means and "flowers4" in means else "")
         bundled = f"{means['bundled']:.2f}" if "bundled" in means else ""
-        print(f"| {model} | {settings} | {cells[0]} | {cells[1]} | {two_set} | {bundled} | "
-              f"{'/'.join(map(str, seeds))} |")
+        photo_seeds = max(seeds.get("sign_digits4", 0), seeds.get("flowers4", 0))
+        bundled_seeds = f" ({seeds['bundled']} on the shapes)" if seeds.get("bundled", photo_seeds) != photo_seeds else ""
+        print(f"| {model} | {settings} | {cells[0]} | {cells[1]} | {two_set} | {bundled} | {photo_seeds}{bundled_seeds} |")
 
 
 def main():
