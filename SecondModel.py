@@ -114,6 +114,12 @@ def build_model(image_size, num_classes):
     ])
 
 
+def class_weights_of(labels, num_classes):
+    """Small classes weigh more: largest class count / class count, counting the images read."""
+    class_counts = np.bincount(labels, minlength=num_classes)
+    return {index: class_counts.max() / count for index, count in enumerate(class_counts)}
+
+
 def compile_model(model):
     model.compile(
         optimizer=keras.optimizers.Adadelta(learning_rate=LEARNING_RATE),
@@ -219,8 +225,7 @@ def check_labels(args):
         raise image_files.DataError(f"'{args.train_dir}' has a class of 1 readable image: "
                                     "--check-labels needs at least 2 per class")
     keras.utils.set_random_seed(args.seed)
-    counts = np.bincount(labels, minlength=len(class_names))
-    class_weights = {index: counts.max() / count for index, count in enumerate(counts)}
+    class_weights = class_weights_of(labels, len(class_names))
     print(f"Training {folds} models of {CHECK_LABELS_EPOCHS} epochs, each on all the training images "
           "but a fold, to classify that fold")
     probabilities = np.zeros((len(labels), len(class_names)))
@@ -271,10 +276,7 @@ def main():
         best_epoch = keras_tools.BestEpoch()  # the epoch of highest val_accuracy: the model kept
     model.summary()
 
-    # Small classes weigh more: weight = largest class count / class count, counting the
-    # images that could be read.
-    class_counts = np.bincount(train_labels, minlength=len(class_names))
-    class_weights = {index: class_counts.max() / count for index, count in enumerate(class_counts)}
+    class_weights = class_weights_of(train_labels, len(class_names))
     print("Class weights: " + ", ".join(
         f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))
     run_dir, run_log = start_tensorboard_run(args, class_names, train_images, train_labels, class_weights)

@@ -11,13 +11,9 @@ import contextlib
 import itertools
 import math
 import os
-import re
 import secrets
-import shlex
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -41,51 +37,9 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def notice(message):
-    """A line for the user while the script works, at once."""
-    print(message, flush=True)
-
-
 def readable_text(text):
     """text as valid Unicode: the bytes of a file name that are not UTF-8 become \ufffd."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-# Lines TensorFlow prints as it starts (keras_tools starts it in start_up_lines_hidden) that
-# say nothing to act on: absl's banner, its information lines and their second line.
-_START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)"
-                            r"|I\d{4} |To enable the following instructions:")
-
-
-def without_start_up_lines(text):
-    """text less TensorFlow's start-up lines, and its failed cuInit where no CUDA driver was
-    found (there is no GPU, then); with a driver, that is a real error and stays."""
-    no_gpu_driver = "Could not find cuda drivers" in text
-    return "".join(line for line in text.splitlines(keepends=True) if not _START_UP_LINE.match(line)
-                   and not (no_gpu_driver and "failed call to cuInit" in line))
-
-
-@contextlib.contextmanager
-def start_up_lines_hidden():
-    """What is written on file descriptor 2 inside the block, printed less start-up lines after it."""
-    try:
-        stderr_fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no console, or a stream with no file behind it
-        yield
-        return
-    sys.stderr.flush()
-    saved_stderr = os.dup(stderr_fd)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), stderr_fd)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_stderr, stderr_fd)
-            os.close(saved_stderr)
-            caught.seek(0)
-            sys.stderr.write(without_start_up_lines(caught.read().decode(errors="replace")))
-            sys.stderr.flush()
 
 
 # Checking folders and settings, before anything slow starts.
@@ -308,21 +262,14 @@ def _ctrl_c_held_off():
 
 def save_new_file(write, folder, names):
     """Write a file through write(file object) under the first of names that is free; its path.
-    Only a whole file gets a name, never one taken: by a hard link where the drive has them,
-    else by a rename onto a new empty file made by an exclusive create (FAT, exFAT, shares)."""
+    The name is claimed by an exclusive create, which no other program can win too, and the
+    whole file is renamed onto it: on any drive (FAT, exFAT, shares), no hard links needed."""
     temp_path = _new_hidden_file(folder, "new")
     try:
         with open(temp_path, "wb") as temp_file:
             write(temp_file)
         for name in names:
             path = os.path.join(folder, name)
-            try:
-                os.link(temp_path, path)
-                return path
-            except FileExistsError:
-                continue
-            except (OSError, AttributeError, NotImplementedError):
-                pass  # no hard links on this drive
             with _ctrl_c_held_off():  # never an empty file left under the name
                 try:
                     open(path, "xb").close()
@@ -373,16 +320,6 @@ def new_run_folder(log_dir, name):
     except OSError as error:
         raise DataError(f"cannot make a TensorBoard run folder in '{log_dir}' "
                         f"({error.strerror or error}): choose another --log-dir") from None
-
-
-def command_line(script, options):
-    """The command that runs script with options ({"model_file": ...} for --model-file, as
-    argparse keeps them; None and False left out, True a flag alone), quoted for this system's shell."""
-    words = ["python", script]
-    for name, value in options.items():
-        if value is not None and value is not False:
-            words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
 
 
 # What a model got wrong.

@@ -5,19 +5,61 @@ Import it before Keras or TensorFlow: TensorFlow starts here. Names: save_* writ
 files (all of a set or none), load_* read them, log_* write to TensorBoard.
 """
 
+import contextlib
 import itertools
 import json
 import logging
 import math
 import os
+import re
+import shlex
 import signal
+import subprocess
+import sys
+import tempfile
 
 import image_files
 from image_files import DataError
 
-# TensorFlow's start-up lines ("failed call to cuInit" without a GPU) read like failures.
+# Lines TensorFlow prints as it starts that say nothing to act on ("failed call to cuInit"
+# without a GPU reads like a failure): absl's banner, its information lines and their second line.
+_START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)"
+                            r"|I\d{4} |To enable the following instructions:")
+
+
+def without_start_up_lines(text):
+    """text less TensorFlow's start-up lines, and its failed cuInit where no CUDA driver was
+    found (there is no GPU, then); with a driver, that is a real error and stays."""
+    no_gpu_driver = "Could not find cuda drivers" in text
+    return "".join(line for line in text.splitlines(keepends=True) if not _START_UP_LINE.match(line)
+                   and not (no_gpu_driver and "failed call to cuInit" in line))
+
+
+@contextlib.contextmanager
+def start_up_lines_hidden():
+    """What is written on file descriptor 2 inside the block, printed less start-up lines after it."""
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no console, or a stream with no file behind it
+        yield
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(stderr_fd)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), stderr_fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, stderr_fd)
+            os.close(saved_stderr)
+            caught.seek(0)
+            sys.stderr.write(without_start_up_lines(caught.read().decode(errors="replace")))
+            sys.stderr.flush()
+
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and no C++ information lines later
-with image_files.start_up_lines_hidden():
+with start_up_lines_hidden():
     import tensorflow as tf
     tf.config.list_physical_devices("GPU")  # where TensorFlow looks for a GPU, and says so
 
@@ -125,27 +167,17 @@ def training_batches(images, labels, num_classes, batch_size, seed, augmentation
 
 
 def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
-    """ImageDataGenerator's affine matrix for square images, one row per image: rotation, then
-    shift, shear and zoom about the centre; degrees and pixels, one value per image each.
-    Returns the 8-number transforms keras.ops.image.affine_transform takes."""
-    count = tf.shape(theta)[0]
-    zeros, ones, centre = tf.zeros([count]), tf.ones([count]), size / 2 - 0.5
-    theta, shear = theta * (math.pi / 180), shear * (math.pi / 180)
-
-    def matrices(first_row, second_row):
-        return tf.stack([tf.stack(row, axis=-1) for row in (first_row, second_row, [zeros, zeros, ones])],
-                        axis=-2)
-
-    matrix = matrices([ones, zeros, ones * centre], [zeros, ones, ones * centre])
-    for first_row, second_row in (
-        ([tf.cos(theta), -tf.sin(theta), zeros], [tf.sin(theta), tf.cos(theta), zeros]),
-        ([ones, zeros, shift_x], [zeros, ones, shift_y]),
-        ([ones, -tf.sin(shear), zeros], [zeros, tf.cos(shear), zeros]),
-        ([zoom_x, zeros, zeros], [zeros, zoom_y, zeros]),
-        ([ones, zeros, -ones * centre], [zeros, ones, -ones * centre]),
-    ):
-        matrix = tf.matmul(matrix, matrices(first_row, second_row))
-    return tf.concat([tf.reshape(matrix, [-1, 9])[:, :6], tf.zeros([count, 2])], axis=1)
+    """ImageDataGenerator's affine matrix for square images, one per image: rotation, then shift,
+    shear and zoom about the centre (its product written out); degrees and pixels, one value per
+    image each. Returns the 8-number transforms keras.ops.image.affine_transform takes."""
+    theta, shear, centre = theta * (math.pi / 180), shear * (math.pi / 180), size / 2 - 0.5
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    a00, a01 = cos * zoom_x, -tf.sin(theta + shear) * zoom_y
+    a10, a11 = sin * zoom_x, tf.cos(theta + shear) * zoom_y
+    b0 = centre * (1 - a00 - a01) + cos * shift_x - sin * shift_y
+    b1 = centre * (1 - a10 - a11) + sin * shift_x + cos * shift_y
+    zeros = tf.zeros_like(theta)
+    return tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
 
 
 def augment(images, generator, seed):
@@ -315,8 +347,8 @@ class StopOnCtrlC(keras.callbacks.Callback):
     def _request_stop(self, signal_number, frame):
         self.interrupted, self.model.stop_training = True, True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        image_files.notice("\nCtrl-C: stopping; the epochs completed so far will be saved. "
-                           "Ctrl-C again quits without saving.")
+        print("\nCtrl-C: stopping; the epochs completed so far will be saved. "
+              "Ctrl-C again quits without saving.", flush=True)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.interrupted:
@@ -338,6 +370,16 @@ class StopOnCtrlC(keras.callbacks.Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def command_line(script, options):
+    """The command that runs script with options ({"model_file": ...} for --model-file, as
+    argparse keeps them; None and False left out, True a flag alone), quoted for this system's shell."""
+    words = ["python", script]
+    for name, value in options.items():
+        if value is not None and value is not False:
+            words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
+
+
 def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script, options):
     """After Ctrl-C, save the complete epochs (model holds the last) as <name>.partial.h5; returns
     what to tell the user, with the command that goes on with the run's flags (options)."""
@@ -345,14 +387,14 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
     completed = stop_on_ctrl_c.completed_epochs
     if completed == initial_epoch == 0:
         return ("Interrupted before the end of epoch 1; nothing saved. To start again: "
-                + image_files.command_line(script, options))
+                + command_line(script, options))
     if completed == initial_epoch:
         return (f"Interrupted before the end of epoch {completed + 1}; nothing new to save: {model_file} "
-                f"still holds epoch {completed}. To go on: {image_files.command_line(script, options)}")
+                f"still holds epoch {completed}. To go on: {command_line(script, options)}")
     partial_file = sibling_file(model_file, "partial")
     saved = save_run(model, partial_file, class_names, best_epoch, completed, stop_on_ctrl_c.last_epoch_logs)
     best = "" if best_epoch.weights is None else f" (kept: epoch {best_epoch.epoch})"
-    go_on = image_files.command_line(script, {**options, "model_file": partial_file,
+    go_on = command_line(script, {**options, "model_file": partial_file,
                                               "initial_epoch": completed})
     return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
 

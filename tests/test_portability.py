@@ -8,6 +8,7 @@ from PIL import Image
 
 import ClassImageAugmentationSample
 import image_files
+import keras_tools
 from helpers import make_images, run_in_process, stderr_lines
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="file modes are a POSIX matter")
@@ -145,10 +146,10 @@ def test_tensorflow_start_up_lines_are_hidden_and_real_errors_kept():
         "E0000 00:00:1795732359.610859    2205 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
         "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n")
     real_error = "E0000 00:00:1795732360.1    2205 some_op.cc:1] Out of memory while allocating\n"
-    assert image_files.without_start_up_lines(start_up) == ""
-    assert image_files.without_start_up_lines(start_up + real_error) == real_error
-    assert image_files.without_start_up_lines("Traceback (most recent call last):\n") == \
+    assert keras_tools.without_start_up_lines(start_up) == ""
+    assert keras_tools.without_start_up_lines(start_up + real_error) == real_error
+    assert keras_tools.without_start_up_lines("Traceback (most recent call last):\n") == \
         "Traceback (most recent call last):\n"
     # With a CUDA driver, a failed cuInit is a real error: the GPU that is there cannot be used.
     cu_init_failed = start_up.splitlines(keepends=True)[-1]
-    assert image_files.without_start_up_lines(cu_init_failed) == cu_init_failed
+    assert keras_tools.without_start_up_lines(cu_init_failed) == cu_init_failed
