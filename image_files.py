@@ -37,6 +37,11 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def notice(message):
+    """A line for the user while the script works, at once."""
+    print(message, flush=True)
+
+
 def readable_text(text):
     """text as valid Unicode: the bytes of a file name that are not UTF-8 become \ufffd."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

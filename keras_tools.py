@@ -347,8 +347,8 @@ class StopOnCtrlC(keras.callbacks.Callback):
     def _request_stop(self, signal_number, frame):
         self.interrupted, self.model.stop_training = True, True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nCtrl-C: stopping; the epochs completed so far will be saved. "
-              "Ctrl-C again quits without saving.", flush=True)
+        image_files.notice("\nCtrl-C: stopping; the epochs completed so far will be saved. "
+                           "Ctrl-C again quits without saving.")
 
     def on_train_batch_end(self, batch, logs=None):
         if self.interrupted:
