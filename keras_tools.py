@@ -87,15 +87,16 @@ def check_training_settings(epochs, batch_size, image_size, augmentation):
     # Three 3x3 convolutions, each followed by 2x2 pooling, need 22 pixels or more.
     if image_size < 22:
         raise DataError(f"--image-size {image_size} is too small: the network needs 22 pixels or more")
+    # Named as the user wrote them, before the generator turns zca_whitening on featurewise_center.
+    for setting in ("featurewise_center", "samplewise_center", "featurewise_std_normalization",
+                    "samplewise_std_normalization", "zca_whitening", "channel_shift_range",
+                    "preprocessing_function", "rescale"):
+        if augmentation.get(setting):
+            raise DataError(f"AUGMENTATION: {setting} is not applied to in-memory images: remove it")
     try:
         generator = ImageDataGenerator(**augmentation)
     except (TypeError, ValueError) as error:
         raise DataError(f"AUGMENTATION {augmentation}: {error}") from None
-    for setting in ("featurewise_center", "samplewise_center", "featurewise_std_normalization",
-                    "samplewise_std_normalization", "zca_whitening", "channel_shift_range",
-                    "preprocessing_function", "rescale"):
-        if getattr(generator, setting):
-            raise DataError(f"AUGMENTATION: {setting} is not applied to in-memory images: remove it")
     for setting in ("width_shift_range", "height_shift_range"):
         if not 0 <= getattr(generator, setting) < 1:
             raise DataError(f"AUGMENTATION: {setting} must be a fraction of the image size, from 0 to 1")

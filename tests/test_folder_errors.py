@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import image_files
+import keras_tools
 from helpers import assert_one_line_error, make_images, run_in_process
 
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "ClassImageAugmentationSample.py"]
@@ -134,3 +135,25 @@ def test_class_folder_name_that_is_not_text(tmp_path):
     os.mkdir(os.fsencode(tmp_path / "train") + b"/caf\xe9")  # Latin-1 bytes, as old archives hold
     with pytest.raises(image_files.DataError, match="train/caf\ufffd' has a name that is not valid text"):
         image_files.class_names(str(tmp_path / "train"), "training")
+
+
+@pytest.mark.parametrize("augmentation, expected", [
+    (dict(zca_whitening=True), "AUGMENTATION: zca_whitening is not applied to in-memory images: remove it"),
+    (dict(rescale=1 / 255), "AUGMENTATION: rescale is not applied to in-memory images: remove it"),
+    (dict(width_shift_range=20), "AUGMENTATION: width_shift_range must be a fraction of the image size"),
+    (dict(rotation=15), "AUGMENTATION {'rotation': 15}: "),  # a misspelt keyword
+])
+def test_augmentation_the_in_memory_path_cannot_apply_is_refused(augmentation, expected):
+    with pytest.raises(image_files.DataError) as refused:
+        keras_tools.check_training_settings(50, 1, 150, augmentation)
+    assert str(refused.value).startswith(expected)
+    keras_tools.check_training_settings(50, 1, 150, dict(rotation_range=15, horizontal_flip=True))
+
+
+def test_first_model_refuses_such_an_augmentation_before_training(small_dataset, tmp_path):
+    train_dir, validation_dir = small_dataset
+    with pytest.raises(image_files.DataError, match="AUGMENTATION: zca_whitening is not applied"):
+        run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                       "--log-dir", tmp_path / "logs", cwd=tmp_path,
+                       constants={"AUGMENTATION": dict(zca_whitening=True)})
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "FirstModel.h5").exists()

@@ -121,6 +121,20 @@ def test_ctrl_c_before_the_first_epoch_ends_saves_nothing_and_says_so(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_in_the_first_epoch_of_a_resumed_run_saves_nothing_new(tmp_path):
+    model_file = tmp_path / "model.h5"
+    model_file.write_bytes(b"the model saved after epoch 3")
+    options = {"epochs": 10, "initial_epoch": 3, "model_file": str(model_file)}
+    message = keras_tools.save_interrupted_run(tiny_model(), ["ant", "bee"], keras_tools.BestEpoch(),
+                                               keras_tools.StopOnCtrlC(initial_epoch=3), "SecondModel.py",
+                                               options)
+    assert message == (f"Interrupted before the end of epoch 4; nothing new to save: {model_file} still "
+                       f"holds epoch 3. To go on: python SecondModel.py --epochs 10 --initial-epoch 3 "
+                       f"--model-file {model_file}")
+    assert [path.name for path in tmp_path.iterdir()] == ["model.h5"]
+    assert model_file.read_bytes() == b"the model saved after epoch 3"
+
+
 class FailingModel:
     """Stands for a Keras model whose save is cut short half-way through the file."""
 

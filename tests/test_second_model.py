@@ -74,3 +74,16 @@ def test_initial_epoch_must_match_the_saved_model(small_dataset, tmp_path):
                                   f"'{tmp_path / 'second.last.h5'}' holds the model after epoch 4; "
                                   "use --initial-epoch 4")
     assert "Epoch" not in result.stdout
+
+
+def test_resuming_with_another_image_size_is_a_clear_error(small_dataset, tmp_path):
+    model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="adadelta", loss="categorical_crossentropy")
+    keras_tools.save_run(model, str(tmp_path / "second.h5"), ["apple", "berry"], keras_tools.BestEpoch(), 4, {})
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6,
+                                "--image-size", 40)
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it takes "
+                                  "(None, 32, 32, 3) and gives (None, 2), but the data needs "
+                                  "(None, 40, 40, 3) and 2 classes")
+    assert "Epoch" not in result.stdout
