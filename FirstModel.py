@@ -199,8 +199,8 @@ def save_and_report(model, args, class_names, history, best_epoch, validation_re
     saved_files = keras_tools.save_run(model, args.model_file, class_names, best_epoch, last_epoch,
                                        last_metrics)
     print(f"Saved {', '.join(saved_files)}")
-    kept_metrics = best_epoch.metrics if best_epoch.weights is not None else last_metrics
-    print(f"Kept in {args.model_file}: epoch {best_epoch.epoch or last_epoch} of {last_epoch}, the one of "
+    kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
+    print(f"Kept in {args.model_file}: epoch {kept_epoch} of {last_epoch}, the one of "
           f"highest val_accuracy; the last epoch, which --initial-epoch resumes, is in {saved_files[2]}")
     print(f"Validation set, per class:\n{validation_report.report}")
     print(f"Misclassified validation images, most confident first:\n{validation_report.mistakes}")

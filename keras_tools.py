@@ -114,8 +114,7 @@ def check_resume(model_file, initial_epoch, epochs):
     if not os.path.isfile(model_file):
         raise DataError(f"cannot resume: model file '{model_file}' does not exist; train from the "
                         "start (--initial-epoch 0) or name the saved model with --model-file")
-    last_file = sibling_file(model_file, "last")  # the last epoch, which a run resumes
-    resumed_file = last_file if os.path.isfile(last_file) else model_file
+    resumed_file = file_to_resume(model_file)
     try:
         with h5py.File(resumed_file, "r") as saved:
             recorded = int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None  # save_run's
@@ -221,6 +220,12 @@ def sibling_file(model_file, kind):
     return f"{os.path.splitext(model_file)[0]}.{kind}.h5"
 
 
+def file_to_resume(model_file):
+    """<name>.last.h5, the last epoch, which a run resumes; model_file for runs saved before it existed."""
+    last_file = sibling_file(model_file, "last")
+    return last_file if os.path.isfile(last_file) else model_file
+
+
 def _model_saves(model, model_file, class_names, epoch, metrics, weights):
     """{path: save} of model with weights as model_file and its weights file; model keeps its own."""
     def with_weights(save):
@@ -249,9 +254,9 @@ def save_run(model, model_file, class_names, best_epoch, last_epoch, last_metric
     its Keras logs last_metrics) as <name>.last.h5, all four files at once; returns their paths.
     model holds the last epoch, or the kept one after BestEpoch.on_train_end."""
     last_weights = best_epoch.last_weights or model.get_weights()
-    kept = (best_epoch.epoch, best_epoch.metrics) if best_epoch.weights is not None else (last_epoch, last_metrics)
-    kept_weights = best_epoch.weights if best_epoch.weights is not None else model.get_weights()
-    saves = _model_saves(model, model_file, class_names, *kept, kept_weights)
+    kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
+    kept_weights = last_weights if best_epoch.weights is None else best_epoch.weights
+    saves = _model_saves(model, model_file, class_names, kept_epoch, kept_metrics, kept_weights)
     saves.update(_model_saves(model, sibling_file(model_file, "last"), class_names, last_epoch, last_metrics,
                               last_weights))
     image_files.save_files_atomically(saves)
@@ -279,8 +284,7 @@ def load_model(model_file, image_size=None, num_classes=None):
 def load_run(model_file, image_size, num_classes, compile_model):
     """Go on with a run save_run saved: (the last epoch, compiled, with its optimizer state; the
     BestEpoch so far). Files of older runs, without <name>.last.h5, resume model_file."""
-    last_file = sibling_file(model_file, "last")
-    resumed_file = last_file if os.path.isfile(last_file) else model_file
+    resumed_file = file_to_resume(model_file)
     model, _ = load_model(resumed_file, image_size, num_classes)
     compile_model(model)
     # load_model restores an .h5 model's weights, not its optimizer's state (Adadelta's averages).
@@ -319,6 +323,10 @@ class BestEpoch(keras.callbacks.Callback):
                 or (logs["val_accuracy"], -logs["val_loss"]) > best_score):
             self.epoch, self.weights = epoch + 1, self.model.get_weights()
             self.metrics = {name: float(value) for name, value in logs.items()}
+
+    def kept(self, last_epoch, last_metrics):
+        """(epoch, metrics) of the model kept: the last epoch's if none was kept (none validated)."""
+        return (last_epoch, last_metrics) if self.weights is None else (self.epoch, self.metrics)
 
     def on_train_end(self, logs=None):
         self.last_weights = self.model.get_weights()
@@ -395,8 +403,7 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
     partial_file = sibling_file(model_file, "partial")
     saved = save_run(model, partial_file, class_names, best_epoch, completed, stop_on_ctrl_c.last_epoch_logs)
     best = "" if best_epoch.weights is None else f" (kept: epoch {best_epoch.epoch})"
-    go_on = command_line(script, {**options, "model_file": partial_file,
-                                              "initial_epoch": completed})
+    go_on = command_line(script, {**options, "model_file": partial_file, "initial_epoch": completed})
     return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
 
 
