@@ -337,9 +337,10 @@ def readme_table(args):
                    if "sign_digits4" in means and "flowers4" in means else "")
         bundled = f"{means['bundled']:.2f}" if "bundled" in means else ""
         photo_seeds = max(seeds.get("sign_digits4", 0), seeds.get("flowers4", 0))
-        bundled_seeds = f" ({seeds['bundled']} on the shapes)" if seeds.get("bundled", photo_seeds) != photo_seeds else ""
-        print(f"| {model} | {settings} | {cells[0]} | {cells[1]} | {two_set} | {bundled} | {photo_seeds}{bundled_seeds} "
-              f"| {REPORTED_IN_2018.get((model, settings), '')} |")
+        bundled_seeds = (f" ({seeds['bundled']} on the shapes)"
+                         if seeds.get("bundled", photo_seeds) != photo_seeds else "")
+        print(f"| {model} | {settings} | {cells[0]} | {cells[1]} | {two_set} | {bundled} "
+              f"| {photo_seeds}{bundled_seeds} | {REPORTED_IN_2018.get((model, settings), '')} |")
 
 
 def main():
