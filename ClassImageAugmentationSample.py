@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import itertools
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def copy_once(source_path, folder, name):
         source.seek(0)
         free_names = itertools.chain([candidate], (f"{stem}_{later}{extension}"
                                                    for later in itertools.count(number + 1)))
-        return image_files.save_new_file(lambda file: shutil.copyfileobj(source, file), folder, free_names)
+        return image_files.save_new_file(source.read(), folder, free_names)
 
 
 def top_up(source_dir, class_names, output_dir, target, augmentation):
@@ -177,7 +176,7 @@ if __name__ == "__main__":
     try:
         main()
     except (image_files.DataError, OSError) as error:
-        sys.exit(f"ClassImageAugmentationSample.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("ClassImageAugmentationSample.py: interrupted; the images written so far are "
-                 "complete, and a new run tops up from there")
+        sys.exit(image_files.readable_text(f"ClassImageAugmentationSample.py: error: {error}"))
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
+        image_files.exit_stopped("ClassImageAugmentationSample.py: interrupted; the images written so far "
+                                 "are complete, and a new run tops up from there", image_files.signal_of(stop))

@@ -157,7 +157,7 @@ def predict(model_file, path):
     predictions = model.predict(image_features)
     class_probabilities = probabilities.predict_proba(image_features)
     for path, predicted, row in zip(paths, predictions, class_probabilities):
-        print(f"{path}\t{class_names[predicted]}\t{row[predicted]:.4f}")
+        print(f"{image_files.readable_text(path)}\t{class_names[predicted]}\t{row[predicted]:.4f}")
 
 
 def cross_validation_folds(labels, class_names, train_dir, seed):
@@ -184,7 +184,8 @@ def fit_svm(kinds, labels, folds):
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    class_names = image_files.class_names(args.train_dir, "training")
+    class_names, _ = image_files.check_image_folder(args.train_dir, "training")
+    image_files.check_seed(args.seed)
     images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
                                                           "training")
     kinds = features(images, FEATURES)
@@ -265,7 +266,7 @@ def main():
         "svm_gamma": str(search.best_params_["svc__gamma"]), "class_weights": CLASS_WEIGHT == "balanced",
         "seed": args.seed}, class_names, train_labels)
     for folder, accuracy in (("train", train_accuracy), ("validation", validation_accuracy)):
-        with tf.summary.create_file_writer(os.path.join(run_dir, folder)).as_default():
+        with keras_tools.written(tf.summary.create_file_writer(os.path.join(run_dir, folder))):
             tf.summary.scalar("epoch_accuracy", accuracy, step=0)
     validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
     _, confidences = keras_tools.log_validation(run_log, validation_images, validation_labels,
@@ -277,20 +278,23 @@ def main():
     keras_tools.log_text(run_log, "misclassified_validation_list", f"```\n{mistakes}\n```", step=0)
     print(f"Misclassified validation images, most confident first:\n{mistakes}")
 
-    # Save the fitted pipeline with what --predict needs to use it.
-    image_files.save_files_atomically({args.model_file: lambda path: joblib.dump(
-        {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
-         "features": FEATURES}, path)})
-    print(f"Saved {args.model_file}")
-    # The last line sums the run up, like the CNN scripts' last line.
-    print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - "
-          f"time: {elapsed:.1f} s")
+    # Save the fitted pipeline with what --predict needs to use it; a stop now waits for it.
+    with image_files.stops_held_off() as late_stops:
+        image_files.save_files_atomically({args.model_file: lambda path: joblib.dump(
+            {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
+             "features": FEATURES}, path)})
+        print(f"Saved {args.model_file}")
+        # The last line sums the run up, like the CNN scripts' last line.
+        print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - "
+              f"time: {elapsed:.1f} s")
+    if late_stops:
+        image_files.exit_stopped(f"Stopped after the model was saved in {args.model_file}", late_stops[0])
 
 
 if __name__ == "__main__":
     try:
         main()
     except (image_files.DataError, OSError) as error:
-        sys.exit(f"SVMModel.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("SVMModel.py: interrupted; nothing saved")
+        sys.exit(image_files.readable_text(f"SVMModel.py: error: {error}"))
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
+        image_files.exit_stopped("SVMModel.py: interrupted; nothing saved", image_files.signal_of(stop))

@@ -208,6 +208,8 @@ def save_and_report(model, args, class_names, history, best_epoch, validation_re
     kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
     print(f"Kept in {args.model_file}: epoch {kept_epoch} of {last_epoch}, the one of "
           f"highest val_accuracy; the last epoch, which --initial-epoch resumes, is in {saved_files[2]}")
+    print("To classify photos with it: " + keras_tools.command_line(sys.argv[0], {
+        "predict": "PHOTOS", "model_file": None if args.model_file == MODEL_FILE else args.model_file}))
     print(f"Validation set, per class:\n{validation_report.report}")
     print(f"Misclassified validation images, most confident first:\n{validation_report.mistakes}")
     # The last line sums the kept epoch up, like the 2018 README's results.
@@ -217,7 +219,9 @@ def save_and_report(model, args, class_names, history, best_epoch, validation_re
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    class_names = image_files.class_names(args.train_dir, "training")
+    class_names, _ = image_files.check_image_folder(args.train_dir, "training")
+    image_files.check_seed(args.seed)
+    keras_tools.check_training_settings(CHECK_LABELS_EPOCHS, args.batch_size, args.image_size, AUGMENTATION)
     images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, args.image_size,
                                                           "training")
     folds = min(CHECK_LABELS_FOLDS, np.bincount(labels).min())
@@ -248,7 +252,7 @@ def main():
     args = parse_args()
     if args.predict:
         for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
-            print(f"{path}\t{class_name}\t{probability:.4f}")
+            print(f"{image_files.readable_text(path)}\t{class_name}\t{probability:.4f}")
         return
     if args.check_labels:
         print(check_labels(args))
@@ -296,22 +300,32 @@ def main():
             callbacks=callbacks,
             verbose=2,
         )
-    except keras_tools.EpochInterrupted:  # Ctrl-C half-way through an epoch: back to the last whole one
+    except keras_tools.EpochInterrupted:  # a stop half-way through an epoch: back to the last whole one
         stop_on_ctrl_c.restore_last_epoch()
         for callback in callbacks:
             callback.on_train_end()  # as fit does at its end: the report, the logs closed
-    if stop_on_ctrl_c.interrupted:
-        sys.exit(keras_tools.save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c,
-                                                  sys.argv[0], vars(args)))
+    except tf.errors.OpError as error:  # most often TensorBoard's files, on a full disk
+        raise keras_tools.log_write_error(error) from None
+    finally:
+        stop_on_ctrl_c.on_train_end()  # stops are handled as before fit, however it ended
 
-    # The model is the epoch of highest val_accuracy (2018: the last); the last is kept beside it.
-    save_and_report(model, args, class_names, history, best_epoch, validation_report)
+    # Save what was trained; a stop from now on waits for the files, then ends the run.
+    with image_files.stops_held_off() as late_stops:
+        if stop_on_ctrl_c.interrupted and stop_on_ctrl_c.completed_epochs < args.epochs:
+            message = keras_tools.save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c,
+                                                       sys.argv[0], vars(args), run_dir)
+        else:  # the model is the epoch of highest val_accuracy (2018: the last); the last is beside it
+            save_and_report(model, args, class_names, history, best_epoch, validation_report)
+            message = "Stopped after the last epoch; the run is saved whole, as said above."
+    stop = stop_on_ctrl_c.signal_number or next(iter(late_stops), None)
+    if stop:
+        image_files.exit_stopped(message, stop)
 
 
 if __name__ == "__main__":
     try:
         main()
     except (image_files.DataError, OSError) as error:
-        sys.exit(f"SecondModel.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("SecondModel.py: interrupted; nothing saved")
+        sys.exit(image_files.readable_text(f"SecondModel.py: error: {error}"))
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP, before training or a second one
+        image_files.exit_stopped("SecondModel.py: interrupted; nothing saved", image_files.signal_of(stop))

@@ -89,6 +89,7 @@ if __name__ == "__main__":
     try:
         main()
     except (image_files.DataError, OSError) as error:
-        sys.exit(f"UnitaryImageAugmentationSample.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("UnitaryImageAugmentationSample.py: interrupted; the copies written so far are complete")
+        sys.exit(image_files.readable_text(f"UnitaryImageAugmentationSample.py: error: {error}"))
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
+        image_files.exit_stopped("UnitaryImageAugmentationSample.py: interrupted; the copies written so far "
+                                 "are complete", image_files.signal_of(stop))

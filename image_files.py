@@ -4,22 +4,125 @@ A data set is a folder with one sub-folder of images per class (data/train/cats/
 the class names being the sub-folder names in sorted order, as flow_from_directory has them.
 Names: read_* read images, save_* write files (never over one, never half of one), check_*
 raise DataError, a problem the user can fix, told in one line.
+
+Import it first (keras_tools does): from then on a stop, Ctrl-C, SIGTERM or SIGHUP, is a
+KeyboardInterrupt each script reports in one line, even while the slow modules load.
 """
 
-import concurrent.futures
 import contextlib
-import itertools
-import math
 import os
-import secrets
 import signal
 import sys
 import threading
-import time
-import warnings
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+# Stops. Ctrl-C (SIGINT), SIGTERM (kill, docker stop, timeout, a job scheduler) and SIGHUP (a
+# closed terminal, a dropped ssh session) all raise KeyboardInterrupt, Stopped for the last two,
+# so that the scripts handle them alike. SIGHUP is not on Windows.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+_stops_received = []  # signal numbers, in order: a stop that a library turned into another error is known
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, stopping a script as Ctrl-C does."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+def signal_of(stop):
+    """The number of the signal a KeyboardInterrupt stands for: SIGINT's unless it is a Stopped."""
+    return getattr(stop, "signal_number", signal.SIGINT)
+
+
+def stop_name(signal_number):
+    return "Ctrl-C" if signal_number == signal.SIGINT else signal.Signals(signal_number).name
+
+
+def after_hang_up(signal_number):
+    """After SIGHUP from a closed terminal, writing to it fails (EIO): what the script still
+    prints goes nowhere instead, so that it can save and exit. Output to a terminal still open
+    (`kill -HUP`), a file or a pipe stays."""
+    if signal_number != getattr(signal, "SIGHUP", None):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no console at all
+            if stream.fileno() in _TERMINALS and not os.isatty(stream.fileno()):  # a terminal, hung up
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+
+
+def _raise_stop(signal_number, frame):
+    _stops_received.append(signal_number)
+    after_hang_up(signal_number)
+    raise KeyboardInterrupt if signal_number == signal.SIGINT else Stopped(signal_number)
+
+
+def exit_stopped(message, signal_number):
+    """End a script after a stop: message on stderr, and the status a shell gives a process the
+    signal ended, 128 + its number (130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP)."""
+    with contextlib.suppress(OSError):
+        print(readable_text(message), file=sys.stderr, flush=True)
+    sys.exit(128 + signal_number)
+
+
+def _one_line_for_a_stop(kind, error, trace):
+    """sys.excepthook: a stop before a script's own handling starts (its modules loading, the
+    first seconds) is one line, not a traceback, even where a module turned it into an
+    ImportError; any other error is printed as Python does."""
+    if not (issubclass(kind, KeyboardInterrupt) or _stops_received):
+        return sys.__excepthook__(kind, error, trace)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        print(f"{os.path.basename(sys.argv[0])}: interrupted while starting; nothing done",
+              file=sys.stderr, flush=True)
+    os._exit(128 + (_stops_received or [signal_of(error)])[0])  # sys.exit is not honoured here
+
+
+@contextlib.contextmanager
+def stops_held_off():
+    """Stops arriving in the block, which must not be cut half-way, are noted, not acted on: it
+    yields the list of their signal numbers, for the caller to act on once the block is done."""
+    held = []
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield held
+        return
+
+    def note(signal_number, frame):
+        after_hang_up(signal_number)
+        held.append(signal_number)
+
+    previous = {number: signal.signal(number, note) for number in STOP_SIGNALS}
+    try:
+        yield held
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+_TERMINALS = {number for number in (1, 2) if os.isatty(number)}  # standard output and error, at the start
+if threading.current_thread() is threading.main_thread():
+    for _number in STOP_SIGNALS:
+        if signal.getsignal(_number) is not signal.SIG_IGN:  # nohup's SIGHUP, a background job's SIGINT
+            signal.signal(_number, _raise_stop)
+    sys.excepthook = _one_line_for_a_stop
+# File names printed may hold bytes that are not text (old archives): never a crash for that.
+with contextlib.suppress(AttributeError, ValueError):
+    sys.stdout.reconfigure(errors="replace")
+
+# The other modules after the stops are handled: loading them takes a while.
+import concurrent.futures  # noqa: E402
+import io  # noqa: E402
+import itertools  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 
 # The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
@@ -34,17 +137,25 @@ class DataError(Exception):
 
 
 def warn(message):
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    print(f"warning: {readable_text(message)}", file=sys.stderr, flush=True)
 
 
 def notice(message):
     """A line for the user while the script works, at once."""
-    print(message, flush=True)
+    print(readable_text(message), flush=True)
 
 
 def readable_text(text):
     """text as valid Unicode: the bytes of a file name that are not UTF-8 become \ufffd."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def why_not_written(error):
+    """The reason an OSError, or h5py's RuntimeError, gives for a file not written, in a few words."""
+    if getattr(error, "errno", None):
+        return os.strerror(error.errno)
+    found = re.search(r"error message = '([^']*)'", str(error))  # h5py's, inside a longer text
+    return found.group(1) if found else str(error).splitlines()[0]
 
 
 # Checking folders and settings, before anything slow starts.
@@ -81,6 +192,21 @@ def class_names(data_dir, role):
     return names
 
 
+def check_image_folder(data_dir, role):
+    """(class names, {class: number of images}) of a folder fit to train on: two classes or more,
+    each with images; role ("training", ...) is for messages."""
+    names = class_names(data_dir, role)
+    if len(names) < 2:
+        raise DataError(f"'{data_dir}' has a single class '{names[0]}': "
+                        "a classifier needs at least two class sub-folders")
+    counts = {name: len(list_images(os.path.join(data_dir, name))) for name in names}
+    for name, count in counts.items():
+        if count == 0:
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, name)}' has no images: "
+                            f"add {', '.join(IMAGE_EXTENSIONS)} files or remove the folder")
+    return names, counts
+
+
 def check_image_folders(train_dir, validation_dir):
     """(class names, training counts, validation counts) of two folders fit to train on."""
     train_classes = class_names(train_dir, "training")
@@ -89,17 +215,9 @@ def check_image_folders(train_dir, validation_dir):
         raise DataError(f"training classes {train_classes} in '{train_dir}' differ from "
                         f"validation classes {validation_classes} in '{validation_dir}': "
                         "both folders need the same class sub-folders")
-    if len(train_classes) < 2:
-        raise DataError(f"'{train_dir}' has a single class '{train_classes[0]}': "
-                        "a classifier needs at least two class sub-folders")
-    counts = []
-    for data_dir, role in ((train_dir, "training"), (validation_dir, "validation")):
-        counts.append({name: len(list_images(os.path.join(data_dir, name))) for name in train_classes})
-        for name, count in counts[-1].items():
-            if count == 0:
-                raise DataError(f"{role} class folder '{os.path.join(data_dir, name)}' has no images: "
-                                f"add {', '.join(IMAGE_EXTENSIONS)} files or remove the folder")
-    return train_classes, counts[0], counts[1]
+    _, train_counts = check_image_folder(train_dir, "training")
+    _, validation_counts = check_image_folder(validation_dir, "validation")
+    return train_classes, train_counts, validation_counts
 
 
 def check_output_file(path, suffix):
@@ -191,7 +309,7 @@ def read_images(paths, image_size):
     # (os.process_cpu_count, new in Python 3.13, counts those this process may use).
     cores = (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=cores) as pool:
-        problems = list(pool.map(read_into, range(len(paths))))
+        problems = list(pool.map(read_into, range(len(paths))))  # a stop cancels the reads not started
     for path, problem in zip(paths, problems):
         if problem:
             warn(f"skipped '{path}': {problem}")
@@ -252,63 +370,68 @@ def _new_hidden_file(folder, name):
             return path
 
 
-@contextlib.contextmanager
-def _ctrl_c_held_off():
-    """Ctrl-C waits until the block, which must not be cut half-way, is done (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-
-
-def save_new_file(write, folder, names):
-    """Write a file through write(file object) under the first of names that is free; its path.
+def save_new_file(data, folder, names):
+    """Write data (bytes) as a new file in folder, under the first of names that is free; its path.
     The name is claimed by an exclusive create, which no other program can win too, and the
-    whole file is renamed onto it: on any drive (FAT, exFAT, shares), no hard links needed."""
-    temp_path = _new_hidden_file(folder, "new")
-    try:
-        with open(temp_path, "wb") as temp_file:
-            write(temp_file)
-        for name in names:
-            path = os.path.join(folder, name)
-            with _ctrl_c_held_off():  # never an empty file left under the name
+    whole file, written under a hidden name, is renamed onto it: on any drive (FAT, exFAT,
+    shares), no hard links needed. A stop waits the milliseconds this takes, so that a stopped
+    script leaves no empty or half-written file, and no hidden one."""
+    temp_path = None
+    with stops_held_off() as stops:
+        try:
+            temp_path = _new_hidden_file(folder, "new")
+            with open(temp_path, "wb") as temp_file:
+                temp_file.write(data)
+            for name in names:
+                path = os.path.join(folder, name)
                 try:
                     open(path, "xb").close()
                 except FileExistsError:
                     continue
                 os.replace(temp_path, path)
-            return path
-    finally:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
+                break
+        except OSError as error:
+            raise DataError(f"cannot write in '{os.path.normpath(folder)}' ({why_not_written(error)}): "
+                            "free some space, or choose another folder") from None
+        finally:
+            if temp_path and os.path.exists(temp_path):
+                os.unlink(temp_path)
+    if stops:  # acted on now that the file is whole
+        signal.raise_signal(stops[0])
+    return path
 
 
 def save_new_jpeg(image, folder, prefix):
     """Save a Pillow image as the first free '<prefix>_<number>.jpg' in folder; its path."""
+    jpeg = io.BytesIO()
+    image.save(jpeg, format="JPEG", quality=95)
     numbered_names = (f"{prefix}_{number:04d}.jpg" for number in itertools.count(1))
-    return save_new_file(lambda file: image.save(file, format="JPEG", quality=95), folder, numbered_names)
+    return save_new_file(jpeg.getvalue(), folder, numbered_names)
 
 
 def save_files_atomically(saves):
     """Write each file of saves, {path: save(temporary path)}, whole under a hidden name, then
-    rename all into place together, Ctrl-C held off: a crash leaves the old set, never a mix."""
+    rename all into place together, a stop waiting until they are. A file that cannot be
+    written (a full disk) is a DataError naming it: nothing is replaced, nothing left beside."""
     temp_paths = {}
-    with _ctrl_c_held_off():
+    with stops_held_off() as stops:
         try:
             for path, save in saves.items():
-                folder, name = os.path.split(os.path.abspath(path))
-                temp_paths[path] = _new_hidden_file(folder, name)
-                save(temp_paths[path])
+                try:
+                    folder, name = os.path.split(os.path.abspath(path))
+                    temp_paths[path] = _new_hidden_file(folder, name)
+                    save(temp_paths[path])
+                except (OSError, RuntimeError) as error:  # h5py raises RuntimeError on a full disk too
+                    raise DataError(f"cannot write '{path}' ({why_not_written(error)}): nothing was "
+                                    "replaced; free some space, or save elsewhere with --model-file") from None
             for path, temp_path in temp_paths.items():
                 os.replace(temp_path, path)
         finally:
             for temp_path in temp_paths.values():
                 if os.path.exists(temp_path):
                     os.unlink(temp_path)
+    if stops:  # acted on now that the set is whole
+        signal.raise_signal(stops[0])
 
 
 def new_run_folder(log_dir, name):
@@ -337,11 +460,11 @@ def mistakes(labels, predictions, confidences):
 
 
 def mistakes_table(names, labels, predictions, confidences, class_names, limit=20):
-    """The mistakes, most confident first, one tab-separated line each: the image's name,
-    its true class, the predicted class and the probability given to it; at most limit."""
+    """The mistakes, most confident first, one tab-separated line each: the image's name (readable
+    text), its true class, the predicted class and the probability given to it; at most limit."""
     found = mistakes(labels, predictions, confidences)
     lines = ["path\ttrue class\tpredicted class\tprobability"] + [
-        f"{names[index]}\t{class_names[labels[index]]}\t{class_names[predictions[index]]}\t"
+        f"{readable_text(names[index])}\t{class_names[labels[index]]}\t{class_names[predictions[index]]}\t"
         f"{confidences[index]:.4f}" for index in found[:limit]]
     return "\n".join(lines + ([f"and {len(found) - limit} more"] if len(found) > limit else []))
 
@@ -349,7 +472,7 @@ def mistakes_table(names, labels, predictions, confidences, class_names, limit=2
 def label_issues(paths, labels, probabilities, class_names):
     """The images whose given label looks wrong, the most suspect first, from out-of-fold
     probabilities (cleanlab's find_label_issues, made for this), as text: a line each, the
-    path, the given class, the probability of it and the class the model believes, tab-separated."""
+    path (readable text), the given class, the probability of it and the class the model believes."""
     from cleanlab.filter import find_label_issues  # slow to import, and only --check-labels needs it
     suspects = find_label_issues(np.asarray(labels), np.asarray(probabilities),
                                  return_indices_ranked_by="self_confidence", n_jobs=1)
@@ -357,7 +480,7 @@ def label_issues(paths, labels, probabilities, class_names):
         return "No training image's label looks wrong."
     return "\n".join([f"{len(suspects)} training images whose label looks wrong, the most suspect first "
                       "(path, given class, its probability, likely class):"] + [
-        f"{paths[index]}\t{class_names[labels[index]]}\t{probabilities[index][labels[index]]:.4f}\t"
+        f"{readable_text(paths[index])}\t{class_names[labels[index]]}\t{probabilities[index][labels[index]]:.4f}\t"
         f"{class_names[int(np.argmax(probabilities[index]))]}" for index in suspects])
 
 

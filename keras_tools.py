@@ -5,6 +5,8 @@ Import it before Keras or TensorFlow: TensorFlow starts here. Names: save_* writ
 files (all of a set or none), load_* read them, log_* write to TensorBoard.
 """
 
+import image_files  # first: from then on a stop while the modules load is one line
+
 import contextlib
 import itertools
 import json
@@ -12,13 +14,13 @@ import logging
 import math
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 
-import image_files
 from image_files import DataError
 
 # Lines TensorFlow prints as it starts that say nothing to act on ("failed call to cuInit"
@@ -50,9 +52,11 @@ def start_up_lines_hidden():
         try:
             yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved_stderr, stderr_fd)
-            os.close(saved_stderr)
+            try:
+                sys.stderr.flush()
+            finally:  # even when a stop lands here, as TensorFlow's long start returns
+                os.dup2(saved_stderr, stderr_fd)
+                os.close(saved_stderr)
             caught.seek(0)
             sys.stderr.write(without_start_up_lines(caught.read().decode(errors="replace")))
             sys.stderr.flush()
@@ -82,8 +86,9 @@ AUGMENTATION_CHUNK = 64
 
 def check_training_settings(epochs, batch_size, image_size, augmentation):
     """augmentation is ImageDataGenerator's keyword arguments, as the scripts state them."""
-    if epochs < 1 or batch_size < 1:
-        raise DataError(f"--epochs {epochs} and --batch-size {batch_size} must both be 1 or more")
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
+        if value < 1:
+            raise DataError(f"{flag} {value} must be 1 or more")
     # Three 3x3 convolutions, each followed by 2x2 pooling, need 22 pixels or more.
     if image_size < 22:
         raise DataError(f"--image-size {image_size} is too small: the network needs 22 pixels or more")
@@ -115,15 +120,22 @@ def check_resume(model_file, initial_epoch, epochs):
         raise DataError(f"cannot resume: model file '{model_file}' does not exist; train from the "
                         "start (--initial-epoch 0) or name the saved model with --model-file")
     resumed_file = file_to_resume(model_file)
-    try:
-        with h5py.File(resumed_file, "r") as saved:
-            recorded = int(saved.attrs["epoch"]) if "epoch" in saved.attrs else None  # save_run's
-    except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
-        raise DataError(f"cannot resume: '{resumed_file}' is not a Keras model saved by these scripts "
-                        f"({error}); name another with --model-file") from None
+    saved_as = {}  # save_run's epoch and set mark of each file, None in other Keras models
+    for path in (resumed_file, model_file):
+        try:
+            with h5py.File(path, "r") as saved:
+                saved_as[path] = (saved.attrs.get("epoch"), saved.attrs.get("save_id"))
+        except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
+            raise DataError(f"cannot resume: '{path}' is not a Keras model saved by these scripts "
+                            f"({error}); name another with --model-file") from None
+    recorded, set_id = saved_as[resumed_file]
     if recorded is not None and recorded != initial_epoch:
         raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{resumed_file}' "
                         f"holds the model after epoch {recorded}; use --initial-epoch {recorded}")
+    if set_id != saved_as[model_file][1]:
+        raise DataError(f"cannot resume '{model_file}': it and '{resumed_file}' were not saved together "
+                        "(two runs saved to one --model-file, or a save was cut short); go on from the "
+                        f"last epoch alone with --model-file {resumed_file}, or start again")
 
 
 # Batches: the images stay in memory as uint8; augmentation runs on them inside tf.data.
@@ -226,8 +238,9 @@ def file_to_resume(model_file):
     return last_file if os.path.isfile(last_file) else model_file
 
 
-def _model_saves(model, model_file, class_names, epoch, metrics, weights):
-    """{path: save} of model with weights as model_file and its weights file; model keeps its own."""
+def _model_saves(model, model_file, class_names, epoch, metrics, weights, set_id):
+    """{path: save} of model with weights as model_file and its weights file, both marked with
+    set_id; model keeps its own weights."""
     def with_weights(save):
         def save_with_weights(path):
             own_weights = model.get_weights()
@@ -244,21 +257,30 @@ def _model_saves(model, model_file, class_names, epoch, metrics, weights):
             saved.attrs["class_names"] = json.dumps(list(class_names))
             saved.attrs["epoch"] = epoch
             saved.attrs["metrics"] = json.dumps(metrics)
+            saved.attrs["save_id"] = set_id
+
+    def save_weights_marked(path):
+        model.save_weights(path)
+        with h5py.File(path, "a") as saved:
+            saved.attrs["save_id"] = set_id
 
     return {model_file: with_weights(save_with_attributes),
-            sibling_file(model_file, "weights"): with_weights(model.save_weights)}
+            sibling_file(model_file, "weights"): with_weights(save_weights_marked)}
 
 
 def save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics):
     """Save the epoch best_epoch kept as model_file and the last epoch (last_epoch, counted from 1,
     its Keras logs last_metrics) as <name>.last.h5, all four files at once; returns their paths.
-    model holds the last epoch, or the kept one after BestEpoch.on_train_end."""
+    model holds the last epoch, or the kept one after BestEpoch.on_train_end. The files cannot be
+    renamed into place in one step: each is marked with the set's id, and a set whose files
+    differ (a kill between the renames, two runs saving at once) is refused on resuming."""
     last_weights = best_epoch.last_weights or model.get_weights()
     kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
     kept_weights = last_weights if best_epoch.weights is None else best_epoch.weights
-    saves = _model_saves(model, model_file, class_names, kept_epoch, kept_metrics, kept_weights)
+    set_id = secrets.token_hex(8)
+    saves = _model_saves(model, model_file, class_names, kept_epoch, kept_metrics, kept_weights, set_id)
     saves.update(_model_saves(model, sibling_file(model_file, "last"), class_names, last_epoch, last_metrics,
-                              last_weights))
+                              last_weights, set_id))
     image_files.save_files_atomically(saves)
     return list(saves)
 
@@ -339,25 +361,39 @@ class EpochInterrupted(Exception):
 
 
 class StopOnCtrlC(keras.callbacks.Callback):
-    """Ctrl-C stops fit keeping complete epochs only (a KeyboardInterrupt inside TensorFlow can
-    be lost, or stop it mid-step). During training steps, the next step's end raises
-    EpochInterrupted, and restore_last_epoch() puts back the weights and optimizer state of the
-    last complete epoch; during validation, the epoch is complete and fit stops after it. A second
-    Ctrl-C quits at once. Put it last, after ReduceLROnPlateau, which changes the optimizer."""
+    """A stop (Ctrl-C, SIGTERM or SIGHUP) ends fit keeping complete epochs only (a
+    KeyboardInterrupt inside TensorFlow can be lost, or stop it mid-step). During training steps,
+    the next step's end raises EpochInterrupted, and restore_last_epoch() puts back the weights
+    and optimizer state of the last complete epoch; during validation, the epoch is complete and
+    fit stops after it. A second stop quits at once. Put it last, after ReduceLROnPlateau, which
+    changes the optimizer. signal_number is the stop's, None if there was none."""
 
     def __init__(self, initial_epoch):
         super().__init__()
         self.completed_epochs, self.last_epoch_logs = initial_epoch, None
-        self.interrupted, self._last_epoch_state = False, None
+        self.signal_number, self._last_epoch_state, self._handlers = None, None, {}
+
+    @property
+    def interrupted(self):
+        return self.signal_number is not None
 
     def on_train_begin(self, logs=None):
-        signal.signal(signal.SIGINT, self._request_stop)
+        self._handlers = {number: signal.signal(number, self._request_stop)
+                          for number in image_files.STOP_SIGNALS}
 
     def _request_stop(self, signal_number, frame):
-        self.interrupted, self.model.stop_training = True, True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        image_files.notice("\nCtrl-C: stopping; the epochs completed so far will be saved. "
-                           "Ctrl-C again quits without saving.")
+        self._restore_handlers()  # a second stop quits at once
+        image_files.after_hang_up(signal_number)
+        self.signal_number, self.model.stop_training = signal_number, True
+        name = image_files.stop_name(signal_number)
+        with contextlib.suppress(OSError):
+            image_files.notice(f"\n{name}: stopping; the epochs completed so far will be saved. "
+                               f"{name} again quits without saving.")
+
+    def _restore_handlers(self):
+        for number, handler in self._handlers.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        self._handlers = {}
 
     def on_train_batch_end(self, batch, logs=None):
         if self.interrupted:
@@ -376,7 +412,7 @@ class StopOnCtrlC(keras.callbacks.Callback):
                 variable.assign(value)
 
     def on_train_end(self, logs=None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._restore_handlers()
 
 
 def command_line(script, options):
@@ -389,9 +425,22 @@ def command_line(script, options):
     return subprocess.list2cmdline(words) if os.name == "nt" else shlex.join(words)
 
 
-def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script, options):
-    """After Ctrl-C, save the complete epochs (model holds the last) as <name>.partial.h5; returns
-    what to tell the user, with the command that goes on with the run's flags (options)."""
+def partial_file(model_file, run_dir):
+    """Where a stopped run saves its complete epochs: <name>.partial-<date>-<time>.h5, named after
+    its TensorBoard run folder, never another run's (a resumed partial run's name loses its
+    own tag first, so that names do not grow)."""
+    stem = re.sub(r"\.partial-[^.]*$", "", os.path.splitext(model_file)[0])
+    stamp = os.path.basename(run_dir).split("-", 1)[-1]
+    for suffix in itertools.chain([""], (f"-{number}" for number in itertools.count(2))):
+        path = f"{stem}.partial-{stamp}{suffix}.h5"
+        if not os.path.exists(path) and not os.path.exists(sibling_file(path, "last")):
+            return path
+
+
+def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script, options, run_dir):
+    """After a stop before the last epoch, save the complete epochs (model holds the last) as a
+    partial set of their own; returns what to tell the user, with the command that goes on with
+    the run's flags (options)."""
     model_file, initial_epoch = options["model_file"], options["initial_epoch"]
     completed = stop_on_ctrl_c.completed_epochs
     if completed == initial_epoch == 0:
@@ -400,10 +449,10 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
     if completed == initial_epoch:
         return (f"Interrupted before the end of epoch {completed + 1}; nothing new to save: {model_file} "
                 f"still holds epoch {completed}. To go on: {command_line(script, options)}")
-    partial_file = sibling_file(model_file, "partial")
-    saved = save_run(model, partial_file, class_names, best_epoch, completed, stop_on_ctrl_c.last_epoch_logs)
+    saved = save_run(model, partial_file(model_file, run_dir), class_names, best_epoch, completed,
+                     stop_on_ctrl_c.last_epoch_logs)
     best = "" if best_epoch.weights is None else f" (kept: epoch {best_epoch.epoch})"
-    go_on = command_line(script, {**options, "model_file": partial_file, "initial_epoch": completed})
+    go_on = command_line(script, {**options, "model_file": saved[0], "initial_epoch": completed})
     return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
 
 
@@ -422,22 +471,43 @@ def log_hparams(run_log, run_dir, hparams, class_names, train_labels, augmentati
     # HParams takes numbers, booleans and valid text; folder names may hold any bytes.
     hparams = {name: value if isinstance(value, (bool, int, float)) else image_files.readable_text(str(value))
                for name, value in hparams.items()}
-    with run_log.as_default():
+    with written(run_log):
         hparams_api.hparams(hparams, trial_id=image_files.readable_text(os.path.basename(run_dir)))
-    run_log.flush()
 
 
 def log_picture(run_log, tag, picture, step, description):
     """One RGB picture (a PIL image) as a TensorBoard image."""
-    with run_log.as_default():
+    with written(run_log):
         tf.summary.image(tag, np.asarray(picture)[None], step=step, description=description)
-    run_log.flush()
 
 
 def log_text(run_log, tag, markdown, step):
-    with run_log.as_default():
-        tf.summary.text(tag, markdown, step=step)
-    run_log.flush()
+    """Markdown as TensorBoard text; bytes of file names that are not UTF-8 shown as \ufffd."""
+    with written(run_log):
+        tf.summary.text(tag, image_files.readable_text(markdown), step=step)
+
+
+@contextlib.contextmanager
+def written(run_log):
+    """Summaries written in the block go to run_log's file at once; one that cannot be written is
+    a DataError naming it."""
+    try:
+        with run_log.as_default():
+            yield
+        run_log.flush()
+    except tf.errors.OpError as error:
+        raise log_write_error(error) from None
+
+
+def log_write_error(error):
+    """A DataError naming the TensorBoard file a TensorFlow error says it could not write (a full
+    disk, a file-size limit), for the line the scripts print; other errors are returned as they are."""
+    file = re.search(r"events to (.*tfevents\S*)", error.message)
+    if file is None:
+        return error
+    reason = re.search(r"tfevents\S*; ([^\n]+)", error.message)
+    return DataError(f"cannot write TensorBoard's file '{file.group(1)}'"
+                     f"{f' ({reason.group(1)})' if reason else ''}: free some space, or choose another --log-dir")
 
 
 def log_training_images(run_log, images, labels, class_names, augmentation, seed, step, count=16):

@@ -11,14 +11,20 @@ import io
 import os
 import re
 import runpy
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import h5py
 import numpy as np
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
+
+import image_files
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,6 +38,68 @@ def run_script(script, *args, cwd):
     env = dict(os.environ, PYTHONHASHSEED="0")
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=900)
+
+
+def start_script(script, *args, cwd, **options):
+    """Start a script as run_script does, without waiting for it, its output unbuffered so that
+    a test can act on a line as soon as it is printed."""
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+
+
+def stop_at_line(process, prefix, signal_number):
+    """Send signal_number to a started script when it prints a line starting with prefix (as a
+    user presses Ctrl-C on seeing it), then wait for its end: its CompletedProcess."""
+    watchdog = threading.Timer(600, process.kill)  # never wait for ever on a script that hangs
+    watchdog.start()
+    try:
+        stdout = []
+        for line in process.stdout:
+            stdout.append(line)
+            if line.startswith(prefix):
+                process.send_signal(signal_number)
+                break
+        rest, stderr = process.communicate(timeout=600)
+    finally:
+        watchdog.cancel()
+    return subprocess.CompletedProcess(process.args, process.returncode, "".join(stdout) + rest, stderr)
+
+
+# The stop signals this system has, by name: SIGINT (Ctrl-C), SIGTERM, and SIGHUP but on Windows.
+STOPS = {signal.Signals(number).name: number for number in image_files.STOP_SIGNALS}
+
+
+def set_mark(path):
+    """The mark save_run gives every file of a set it saves together."""
+    with h5py.File(path, "r") as saved:
+        return saved.attrs.get("save_id")
+
+
+def saved_epoch(model_file):
+    """The epoch a model file saved by the scripts holds, counted from 1."""
+    with h5py.File(model_file, "r") as saved:
+        return int(saved.attrs["epoch"])
+
+
+def check_partial_set(result, stop, model_file, epochs=6):
+    """The one line a stopped run ends with, its status, and the partial set it names: (command
+    that goes on, partial file, epochs completed)."""
+    assert result.returncode == 128 + STOPS[stop]  # 130, 143, 129: as a shell shows it
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    completed = int(lines[0].split()[3].rstrip(";"))
+    partial_file = model_file.parent / lines[0].split("saved ")[1].split(",")[0]
+    assert partial_file.name.startswith("model.partial-") and partial_file.is_file()
+    saved = ", ".join(str(partial_file).replace(".h5", kind) for kind in (
+        ".h5", ".weights.h5", ".last.h5", ".last.weights.h5"))
+    best_epoch = saved_epoch(partial_file)
+    assert lines[0].startswith(f"Interrupted after epoch {completed}; saved {saved} "
+                               f"(kept: epoch {best_epoch}). To go on: python ")
+    # Only complete epochs: two at least, as many as the last file holds.
+    assert 2 <= completed < epochs and 1 <= best_epoch <= completed
+    assert saved_epoch(str(partial_file).replace(".h5", ".last.h5")) == completed
+    return shlex.split(lines[0].split("To go on: ")[1]), partial_file, completed
 
 
 def stderr_lines(result):

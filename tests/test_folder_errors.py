@@ -72,8 +72,8 @@ def test_a_single_class_is_not_a_classifier(script, tmp_path):
 @pytest.mark.parametrize("arguments, expected", [
     (["--model-file", "model.keras"], "must end in .h5"),
     (["--model-file", "."], "must end in .h5"),
-    (["--batch-size", "0"], "must both be 1 or more"),
-    (["--epochs", "-1"], "must both be 1 or more"),
+    (["--batch-size", "0"], "--batch-size 0 must be 1 or more"),
+    (["--epochs", "-1"], "--epochs -1 must be 1 or more"),
     (["--image-size", "8"], "needs 22 pixels or more"),
     (["--seed", "-1"], "--seed -1 must be a whole number from 0 to"),
     (["--initial-epoch", "-2"], "--initial-epoch -2 must be 0 (a new model) or more"),
@@ -86,6 +86,24 @@ def test_settings_that_cannot_work_fail_before_training(script, arguments, expec
                         "--log-dir", tmp_path / "logs", *arguments, cwd=tmp_path)
     assert_one_line_error(result, expected)
     assert "Epoch 1/" not in result.stdout
+
+
+@pytest.mark.parametrize("script, arguments, expected", [
+    ("FirstModel.py", ["--batch-size", "0"], "--batch-size 0 must be 1 or more"),
+    ("SecondModel.py", ["--seed", "-1"], "--seed -1 must be a whole number from 0 to"),
+    ("FirstModel.py", ["--image-size", "8"], "needs 22 pixels or more"),
+    ("SVMModel.py", ["--seed", "-1"], "--seed -1 must be a whole number from 0 to"),
+    ("SecondModel.py", ["--train-dir", "one class"], "has a single class 'cat'"),
+    ("SVMModel.py", ["--train-dir", "nowhere"], "does not exist"),
+    ("FirstModel.py", ["--train-dir", "empty class"], "has no images"),
+])
+def test_check_labels_refuses_what_a_run_refuses(script, arguments, expected, small_dataset, tmp_path):
+    train_dir, _ = small_dataset
+    make_images(tmp_path / "one class", {"cat": 3})
+    make_images(tmp_path / "empty class", {"cat": 3, "dog": 0})
+    result = run_in_process(script, "--check-labels", "--train-dir", train_dir, *arguments, cwd=tmp_path)
+    assert_one_line_error(result, expected)
+    assert "Training " not in result.stdout and "Best of" not in result.stdout
 
 
 def test_model_file_that_is_a_folder(small_dataset, tmp_path):
