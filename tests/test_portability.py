@@ -1,6 +1,8 @@
-"""On every desktop and drive: without Linux-only calls, without hard links, with ordinary permissions."""
+"""On every desktop and drive: only calls that Linux, macOS and Windows all have, ordinary permissions."""
 
+import ast
 import os
+import signal
 import stat
 
 import pytest
@@ -9,9 +11,29 @@ from PIL import Image
 import ClassImageAugmentationSample
 import image_files
 import keras_tools
-from helpers import make_images, run_in_process, stderr_lines
+from helpers import REPO, make_images, run_in_process, stderr_lines
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="file modes are a POSIX matter")
+
+# The names of os and signal the project may use as they are: Python has them on Linux, macOS and
+# Windows alike. One a system lacks (SIGHUP, os.process_cpu_count before Python 3.13) is used
+# through getattr or hasattr, with what to do without it; os.path is everywhere. Not os.link:
+# FAT and exFAT drives (USB sticks) have no hard links.
+EVERYWHERE = {
+    "os": {"O_WRONLY", "W_OK", "_exit", "access", "close", "cpu_count", "devnull", "dup", "dup2", "environ",
+           "fsdecode", "fsencode", "getcwd", "getpid", "isatty", "listdir", "makedirs", "mkdir", "name", "open",
+           "path", "read", "remove", "rename", "replace", "rmdir", "scandir", "sep", "stat", "strerror",
+           "unlink", "walk", "write"},
+    "signal": {"SIGINT", "SIGTERM", "SIG_DFL", "SIG_IGN", "Signals", "default_int_handler", "getsignal",
+               "raise_signal", "signal"},
+}
+# Modules that exist on POSIX systems only.
+POSIX_MODULES = {"fcntl", "grp", "posix", "pty", "pwd", "resource", "termios", "tty"}
+# What Windows lacks of the names Linux has, taken away while the scripts run below.
+NOT_ON_WINDOWS = {"os": ["fork", "getuid", "geteuid", "getgid", "killpg", "setsid", "sched_getaffinity",
+                         "sched_setaffinity", "getloadavg", "statvfs", "chown", "sync"],
+                  "signal": ["SIGHUP", "SIGKILL", "SIGALRM", "SIGUSR1", "alarm", "setitimer", "pthread_kill",
+                             "pthread_sigmask", "siginterrupt"]}
 
 
 @pytest.fixture
@@ -22,22 +44,25 @@ def umask_022():
     os.umask(previous)
 
 
-def test_images_are_read_without_sched_getaffinity(tmp_path, monkeypatch):
-    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
-    make_images(tmp_path, {"cat": 3})
-    paths = [str(tmp_path / "cat" / name) for name in image_files.list_images(tmp_path / "cat")]
-    images, readable = image_files.read_images(paths, 16)
-    assert images.shape == (3, 16, 16, 3) and readable.all()
+def project_modules():
+    return sorted(REPO.glob("*.py"))
 
 
-def link_fails(source, destination, **options):
-    raise PermissionError(1, "Operation not permitted", destination)  # FAT and exFAT drives
+def test_the_code_calls_only_what_every_system_has():
+    for path in project_modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in EVERYWHERE:
+                assert node.attr in EVERYWHERE[node.value.id], \
+                    f"{path.name}:{node.lineno}: {node.value.id}.{node.attr} is not on every system"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not {module.split(".")[0] for module in modules} & POSIX_MODULES, \
+                    f"{path.name}:{node.lineno}: imports a module Windows does not have"
 
 
 @POSIX_ONLY
-def test_new_images_without_hard_links_never_overwrite_and_are_readable_by_all(
-        tmp_path, monkeypatch, umask_022):
-    monkeypatch.setattr(os, "link", link_fails)
+def test_new_images_never_overwrite_and_are_readable_by_all(tmp_path, umask_022):
     (tmp_path / "star_0002.jpg").write_bytes(b"a user's file")
     picture = Image.new("RGB", (8, 8), "red")
     written = [image_files.save_new_jpeg(picture, str(tmp_path), "star") for _ in range(3)]
@@ -67,7 +92,7 @@ def test_saved_files_follow_the_umask(tmp_path, umask_022):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every script run as on macOS, Windows or a FAT drive, under umask 022: {name: result}."""
+    """Every script run without what Windows lacks, as on a FAT drive, under umask 022: {name: result}."""
     work = tmp_path_factory.mktemp("portability")
     train_dir = make_images(work / "data" / "train", {"apple": 8, "berry": 4}, seed=1)
     validation_dir = make_images(work / "data" / "validation", {"apple": 4, "berry": 4}, seed=2)
@@ -82,8 +107,10 @@ def runs(tmp_path_factory):
     previous_umask = os.umask(0o022)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS and Windows
-            patch.setattr(os, "link", link_fails)  # as on FAT and exFAT drives
+            for module, names in ((os, NOT_ON_WINDOWS["os"]), (signal, NOT_ON_WINDOWS["signal"])):
+                for name in names:
+                    patch.delattr(module, name, raising=False)
+            patch.setattr(image_files, "STOP_SIGNALS", (signal.SIGINT, signal.SIGTERM))
             for name, script, arguments in [
                 ("unitary", "UnitaryImageAugmentationSample.py", ["--count", 3]),
                 ("unitary again", "UnitaryImageAugmentationSample.py", ["--count", 3]),
@@ -100,7 +127,7 @@ def runs(tmp_path_factory):
     return work, results
 
 
-def test_every_script_runs_without_linux_only_calls(runs):
+def test_every_script_runs_without_what_windows_lacks(runs):
     work, results = runs
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr)
