@@ -108,18 +108,10 @@ def test_ctrl_c_during_check_labels_is_one_line(photos, monkeypatch):
     assert "Fold 1 of 5 done" in result.stdout and "Fold 2" not in result.stdout
 
 
-@pytest.mark.parametrize("script", ["FirstModel.py", "SVMModel.py"])
-def test_a_stop_during_predict_is_one_line(script, photos, tmp_path, monkeypatch):
-    if script == "SVMModel.py":
-        model_file = tmp_path / "model.joblib"
-        trained = run_in_process(script, "--train-dir", photos / "train", "--validation-dir",
-                                 photos / "validation", "--log-dir", tmp_path / "logs", "--model-file",
-                                 model_file, cwd=tmp_path)
-        assert trained.returncode == 0, trained.stderr
-    else:
-        model_file = tmp_path / "model.h5"
-        keras_tools.save_run(FirstModel.build_model(32, 2), str(model_file), ["apple", "berry"],
-                             keras_tools.BestEpoch(), 1, {})
+def test_a_stop_during_predict_is_one_line(photos, tmp_path, monkeypatch):
+    model_file = tmp_path / "model.h5"
+    keras_tools.save_run(FirstModel.build_model(32, 2), str(model_file), ["apple", "berry"],
+                         keras_tools.BestEpoch(), 1, {})
     read_images = image_files.read_images
 
     def stopped_while_reading(paths, image_size):
@@ -127,8 +119,9 @@ def test_a_stop_during_predict_is_one_line(script, photos, tmp_path, monkeypatch
         return read_images(paths, image_size)
 
     monkeypatch.setattr(image_files, "read_images", stopped_while_reading)
-    result = run_in_process(script, "--predict", photos / "validation", "--model-file", model_file, cwd=tmp_path)
-    assert_stopped_in_one_line(result, signal.SIGTERM, f"{script}: interrupted; nothing saved")
+    result = run_in_process("FirstModel.py", "--predict", photos / "validation", "--model-file", model_file,
+                            cwd=tmp_path)
+    assert_stopped_in_one_line(result, signal.SIGTERM, "FirstModel.py: interrupted; nothing saved")
     assert result.stdout == ""
 
 
