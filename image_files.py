@@ -232,9 +232,10 @@ def check_output_file(path, suffix):
                         "create it or choose another --model-file")
     if os.path.isdir(path):
         raise DataError(f"cannot write '{path}': it is a folder; choose another --model-file")
-    if not os.access(folder, os.W_OK):
-        raise DataError(f"cannot write '{path}': no permission to write in '{folder}'; "
-                        "choose another --model-file")
+    try:  # a file made and removed tells on every system and drive, where os.access does not (Windows)
+        os.unlink(_new_hidden_file(folder, os.path.basename(path)))
+    except OSError as error:
+        raise DataError(f"cannot write '{path}' ({why_not_written(error)}): choose another --model-file") from None
 
 
 def check_log_folder(log_dir):

@@ -106,6 +106,23 @@ def test_check_labels_refuses_what_a_run_refuses(script, arguments, expected, sm
     assert "Training " not in result.stdout and "Best of" not in result.stdout
 
 
+@pytest.mark.parametrize("script, suffix", [("FirstModel.py", ".h5"), ("SVMModel.py", ".joblib")])
+def test_a_model_folder_that_cannot_be_written_fails_before_training(script, suffix, small_dataset, tmp_path,
+                                                                    monkeypatch):
+    """A read-only drive, a folder of someone else's, a share without rights: the run stops at once."""
+    def refused(folder, name):
+        raise PermissionError(13, "Permission denied", os.path.join(folder, name))
+
+    monkeypatch.setattr(image_files, "_new_hidden_file", refused)
+    train_dir, validation_dir = small_dataset
+    model_file = tmp_path / f"model{suffix}"
+    result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
+                            "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
+    assert_one_line_error(result, f"cannot write '{model_file}' (Permission denied): choose another --model-file")
+    assert "Epoch 1/" not in result.stdout and "Best of" not in result.stdout
+    assert not (tmp_path / "logs").exists()
+
+
 def test_model_file_that_is_a_folder(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "model.h5").mkdir()
