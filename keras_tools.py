@@ -476,9 +476,10 @@ def log_hparams(run_log, run_dir, hparams, class_names, train_labels, augmentati
 
 
 def log_picture(run_log, tag, picture, step, description):
-    """One RGB picture (a PIL image) as a TensorBoard image."""
+    """One RGB picture (a PIL image) as a TensorBoard image; its description may name files."""
     with written(run_log):
-        tf.summary.image(tag, np.asarray(picture)[None], step=step, description=description)
+        tf.summary.image(tag, np.asarray(picture)[None], step=step,
+                         description=image_files.readable_text(description))
 
 
 def log_text(run_log, tag, markdown, step):

@@ -67,3 +67,26 @@ def test_check_labels_and_warnings_show_such_names(tmp_path):
         "warning: skipped 1 of 31 training images that could not be read"]
     suspects = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
     assert suspects[0][:2] == [str(train_dir / "apple" / SHOWN_AS), "apple"] and suspects[0][3] == "berry"
+
+
+def test_augmentation_samples_take_photos_so_named(tmp_path):
+    image = os.fsdecode(os.fsencode(tmp_path) + b"/" + LATIN_1_NAME)
+    save_under_bytes_name(tmp_path, LATIN_1_NAME, CLASS_COLOURS[0])
+    result = run_in_process("UnitaryImageAugmentationSample.py", "--image", image, "--count", 2,
+                            "--output-dir", tmp_path / "out", "--log-dir", tmp_path / "logs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 2
+    [run_dir] = (tmp_path / "logs").iterdir()
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    assert SHOWN_AS in events.SummaryMetadata("before_and_after_augmentation").summary_description
+
+    train_dir = make_images(tmp_path / "train", {"apple": 2, "berry": 2}, seed=1)
+    validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 1}, seed=2)
+    save_under_bytes_name(train_dir / "apple", LATIN_1_NAME, CLASS_COLOURS[0])
+    balanced = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir, "--validation-dir",
+                              validation_dir, "--output-dir", tmp_path / "generated", "--train-target", 5,
+                              "--validation-target", 2, "--log-dir", tmp_path / "logs", cwd=tmp_path)
+    assert balanced.returncode == 0, balanced.stderr
+    assert os.fsencode(tmp_path / "generated" / "train" / "apple") + b"/" + LATIN_1_NAME in [
+        os.fsencode(path) for path in (tmp_path / "generated" / "train" / "apple").iterdir()]
