@@ -53,9 +53,24 @@ def after_hang_up(signal_number):
                 os.close(null)
 
 
-def _raise_stop(signal_number, frame):
+def handle_stops(handler, signal_numbers=STOP_SIGNALS):
+    """Let handler(signal number) take the stop signals, a hung-up terminal silenced first;
+    returns the handlers it replaces, for restore_handlers. Main thread only, as Python's signals."""
+    def on_stop(signal_number, frame):
+        after_hang_up(signal_number)
+        handler(signal_number)
+
+    return {number: signal.signal(number, on_stop) for number in signal_numbers}
+
+
+def restore_handlers(previous):
+    """Put back the handlers handle_stops replaced."""
+    for number, handler in previous.items():
+        signal.signal(number, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
+def _raise_stop(signal_number):
     _stops_received.append(signal_number)
-    after_hang_up(signal_number)
     raise KeyboardInterrupt if signal_number == signal.SIGINT else Stopped(signal_number)
 
 
@@ -88,24 +103,17 @@ def stops_held_off():
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield held
         return
-
-    def note(signal_number, frame):
-        after_hang_up(signal_number)
-        held.append(signal_number)
-
-    previous = {number: signal.signal(number, note) for number in STOP_SIGNALS}
+    previous = handle_stops(held.append)
     try:
         yield held
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        restore_handlers(previous)
 
 
 _TERMINALS = {number for number in (1, 2) if os.isatty(number)}  # standard output and error, at the start
 if threading.current_thread() is threading.main_thread():
-    for _number in STOP_SIGNALS:
-        if signal.getsignal(_number) is not signal.SIG_IGN:  # nohup's SIGHUP, a background job's SIGINT
-            signal.signal(_number, _raise_stop)
+    # Left ignored where ignored: nohup's SIGHUP, a background job's SIGINT.
+    handle_stops(_raise_stop, [number for number in STOP_SIGNALS if signal.getsignal(number) is not signal.SIG_IGN])
     sys.excepthook = _one_line_for_a_stop
 # File names printed may hold bytes that are not text (old archives): never a crash for that.
 with contextlib.suppress(AttributeError, ValueError):

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -378,12 +377,10 @@ class StopOnCtrlC(keras.callbacks.Callback):
         return self.signal_number is not None
 
     def on_train_begin(self, logs=None):
-        self._handlers = {number: signal.signal(number, self._request_stop)
-                          for number in image_files.STOP_SIGNALS}
+        self._handlers = image_files.handle_stops(self._request_stop)
 
-    def _request_stop(self, signal_number, frame):
+    def _request_stop(self, signal_number):
         self._restore_handlers()  # a second stop quits at once
-        image_files.after_hang_up(signal_number)
         self.signal_number, self.model.stop_training = signal_number, True
         name = image_files.stop_name(signal_number)
         with contextlib.suppress(OSError):
@@ -391,8 +388,7 @@ class StopOnCtrlC(keras.callbacks.Callback):
                                f"{name} again quits without saving.")
 
     def _restore_handlers(self):
-        for number, handler in self._handlers.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        image_files.restore_handlers(self._handlers)
         self._handlers = {}
 
     def on_train_batch_end(self, batch, logs=None):
