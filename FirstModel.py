@@ -12,17 +12,13 @@ Edit the constants below and run again; every run gets its own TensorBoard folde
 """
 
 import argparse
-import os
 import sys
-import time
 
 import keras_tools  # first: TensorFlow starts there, without its start-up chatter
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
-from sklearn.model_selection import StratifiedKFold
 
 import image_files
 
@@ -126,56 +122,6 @@ def compile_model(model):
     )
 
 
-def check_run(args):
-    """Check the folders, settings and resume request before anything slow starts; the class names."""
-    class_names, train_counts, validation_counts = image_files.check_image_folders(
-        args.train_dir, args.validation_dir)
-    image_files.check_output_file(args.model_file, ".h5")
-    image_files.check_log_folder(args.log_dir)
-    image_files.check_seed(args.seed)
-    keras_tools.check_training_settings(args.epochs, args.batch_size, args.image_size, AUGMENTATION)
-    keras_tools.check_resume(args.model_file, args.initial_epoch, args.epochs)
-    print(f"Classes: {', '.join(class_names)}")
-    print(f"Training images per class: {train_counts}")
-    print(f"Validation images per class: {validation_counts}")
-    return class_names
-
-
-def read_images(args, class_names):
-    """Every image read once, at the size the network takes: (images, labels) of the training
-    folder, (images, labels, paths within the folder) of the validation folder."""
-    started = time.perf_counter()
-    train_images, train_labels, _ = image_files.read_image_folder(
-        args.train_dir, class_names, args.image_size, "training")
-    validation_images, validation_labels, validation_paths = image_files.read_image_folder(
-        args.validation_dir, class_names, args.image_size, "validation")
-    validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
-    print(f"Read {len(train_images) + len(validation_images)} images in "
-          f"{time.perf_counter() - started:.1f} s")
-    return (train_images, train_labels), (validation_images, validation_labels, validation_names)
-
-
-def start_tensorboard_run(args, class_names, train_images, train_labels):
-    """A new TensorBoard run folder with this run's settings and augmented training images.
-
-    Keras writes the epoch scalars in its train/ and validation/ sub-folders, the scripts
-    their settings, pictures and tables in the folder itself. Returns (folder, its writer).
-    """
-    run_dir = image_files.new_run_folder(args.log_dir, "FirstModel")
-    print(f"TensorBoard run: {run_dir}")
-    run_log = tf.summary.create_file_writer(run_dir)
-    keras_tools.log_hparams(run_log, run_dir, {
-        "script": "FirstModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir,
-        "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
-        "initial_epoch": args.initial_epoch, "seed": args.seed, "optimizer": "Adadelta",
-        "learning_rate": LEARNING_RATE, "conv_dropout": 0.0, "dense_dropout": DROPOUT,
-        "reduce_lr_patience": REDUCE_LR_PATIENCE, "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-        "class_weights": False}, class_names, train_labels, AUGMENTATION)
-    keras_tools.log_training_images(run_log, train_images, train_labels, class_names, AUGMENTATION,
-                                    args.seed, step=args.initial_epoch)
-    return run_dir, run_log
-
-
 def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
     """What runs beside fit: TensorBoard's scalars, the epoch kept, the validation report."""
     # best_epoch before validation_report: it puts the kept epoch back in the model, which the
@@ -192,42 +138,15 @@ def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
     return callbacks + [stop_on_ctrl_c]  # last: it keeps each epoch as the others left it
 
 
-def save_and_report(model, args, class_names, history, best_epoch, validation_report):
-    """Save the epoch kept and the last, and say what the kept one is and what it gets wrong."""
-    last_epoch = args.initial_epoch + len(history.epoch)
-    last_metrics = {name: float(values[-1]) for name, values in history.history.items()}
-    saved_files = keras_tools.save_run(model, args.model_file, class_names, best_epoch, last_epoch,
-                                       last_metrics)
-    print(f"Saved {', '.join(saved_files)}")
-    kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
-    print(f"Kept in {args.model_file}: epoch {kept_epoch} of {last_epoch}, the one of "
-          f"highest val_accuracy; the last epoch, which --initial-epoch resumes, is in {saved_files[2]}")
-    print("To classify photos with it: " + keras_tools.command_line(sys.argv[0], {
-        "predict": "PHOTOS", "model_file": None if args.model_file == MODEL_FILE else args.model_file}))
-    print(f"Validation set, per class:\n{validation_report.report}")
-    print(f"Misclassified validation images, most confident first:\n{validation_report.mistakes}")
-    # The last line sums the kept epoch up, like the 2018 README's results.
-    print(" - ".join(f"{name}: {kept_metrics[name]:.4f}"
-                     for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
-
-
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    class_names, _ = image_files.check_image_folder(args.train_dir, "training")
-    image_files.check_seed(args.seed)
-    keras_tools.check_training_settings(CHECK_LABELS_EPOCHS, args.batch_size, args.image_size, AUGMENTATION)
-    images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, args.image_size,
-                                                          "training")
-    folds = min(CHECK_LABELS_FOLDS, np.bincount(labels).min())
-    if folds < 2:
-        raise image_files.DataError(f"'{args.train_dir}' has a class of 1 readable image: "
-                                    "--check-labels needs at least 2 per class")
+    images, labels, paths, class_names, folds = keras_tools.label_check_folds(
+        args, AUGMENTATION, CHECK_LABELS_EPOCHS, CHECK_LABELS_FOLDS)
     keras.utils.set_random_seed(args.seed)
-    print(f"Training {folds} models of {CHECK_LABELS_EPOCHS} epochs, each on all the training images "
+    print(f"Training {len(folds)} models of {CHECK_LABELS_EPOCHS} epochs, each on all the training images "
           "but a fold, to classify that fold")
     probabilities = np.zeros((len(labels), len(class_names)))
-    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=args.seed).split(images, labels)
-    for fold, (trained_on, held_out) in enumerate(splits):
+    for fold, (trained_on, held_out) in enumerate(folds):
         model = build_model(args.image_size, len(class_names))
         compile_model(model)
         model.fit(keras_tools.training_batches(images[trained_on], labels[trained_on], len(class_names),
@@ -237,7 +156,7 @@ def check_labels(args):
         probabilities[held_out] = np.concatenate([
             model(keras_tools.network_input(images[held_out[start:start + 64]]))
             for start in range(0, len(held_out), 64)])
-        print(f"Fold {fold + 1} of {folds} done", flush=True)
+        print(f"Fold {fold + 1} of {len(folds)} done", flush=True)
     return image_files.label_issues(paths, labels, probabilities, class_names)
 
 
@@ -250,13 +169,15 @@ def main():
     if args.check_labels:
         print(check_labels(args))
         return
-    class_names = check_run(args)
+    class_names, data_summary = keras_tools.check_run(args, AUGMENTATION)
+    print(data_summary)
     keras.utils.set_random_seed(args.seed + args.initial_epoch)
 
     # Augmented in memory; validation images are not, and come in a fixed order so that
     # val_loss compares epoch to epoch.
-    (train_images, train_labels), (validation_images, validation_labels, validation_names) = read_images(
-        args, class_names)
+    (train_images, train_labels), (validation_images, validation_labels, validation_names), seconds = (
+        keras_tools.read_run_images(args, class_names))
+    print(f"Read {len(train_images) + len(validation_images)} images in {seconds:.1f} s")
     train_batches = keras_tools.training_batches(train_images, train_labels, len(class_names),
                                                  args.batch_size, args.seed + args.initial_epoch,
                                                  AUGMENTATION)
@@ -273,42 +194,32 @@ def main():
         best_epoch = keras_tools.BestEpoch()  # the epoch of highest val_accuracy: the model kept
     model.summary()
 
-    run_dir, run_log = start_tensorboard_run(args, class_names, train_images, train_labels)
+    run_dir, run_log = keras_tools.start_run(args, "FirstModel", {
+        "optimizer": "Adadelta", "learning_rate": LEARNING_RATE, "conv_dropout": 0.0, "dense_dropout": DROPOUT,
+        "reduce_lr_patience": REDUCE_LR_PATIENCE, "early_stopping_patience": EARLY_STOPPING_PATIENCE,
+        "class_weights": False}, class_names, train_images, train_labels, AUGMENTATION)
+    print(f"TensorBoard run: {run_dir}")
     validation_report = keras_tools.ValidationReport(run_log, validation_batches, validation_images,
                                                      validation_labels, validation_names, class_names,
                                                      CONFUSION_MATRIX_EVERY)
     stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
-    callbacks = make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c)
-    try:
-        history = model.fit(
-            train_batches,
-            validation_data=validation_batches,
-            epochs=args.epochs,
-            initial_epoch=args.initial_epoch,
-            shuffle=False,  # training_batches shuffles every epoch itself
-            callbacks=callbacks,
-            verbose=2,
-        )
-    except keras_tools.EpochInterrupted:  # a stop half-way through an epoch: back to the last whole one
-        stop_on_ctrl_c.restore_last_epoch()
-        for callback in callbacks:
-            callback.on_train_end()  # as fit does at its end: the report, the logs closed
-    except tf.errors.OpError as error:  # most often TensorBoard's files, on a full disk
-        raise keras_tools.log_write_error(error) from None
-    finally:
-        stop_on_ctrl_c.on_train_end()  # stops are handled as before fit, however it ended
+    keras_tools.fit_until_stopped(
+        model, make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c), stop_on_ctrl_c,
+        train_batches,
+        validation_data=validation_batches,
+        epochs=args.epochs,
+        initial_epoch=args.initial_epoch,
+        shuffle=False,  # training_batches shuffles every epoch itself
+        verbose=2,
+    )
 
-    # Save what was trained; a stop from now on waits for the files, then ends the run.
-    with image_files.stops_held_off() as late_stops:
-        if stop_on_ctrl_c.interrupted and stop_on_ctrl_c.completed_epochs < args.epochs:
-            message = keras_tools.save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c,
-                                                       sys.argv[0], vars(args), run_dir)
-        else:  # the model is the epoch of highest val_accuracy (2018: the last); the last is beside it
-            save_and_report(model, args, class_names, history, best_epoch, validation_report)
-            message = "Stopped after the last epoch; the run is saved whole, as said above."
-    stop = stop_on_ctrl_c.signal_number or next(iter(late_stops), None)
+    # The model is the epoch of highest val_accuracy (2018: the last); the last is saved beside it.
+    report, stop = keras_tools.save_training(model, sys.argv[0], vars(args), MODEL_FILE, class_names,
+                                             best_epoch, stop_on_ctrl_c, validation_report, run_dir)
+    if report:
+        print(report)
     if stop:
-        image_files.exit_stopped(message, stop)
+        image_files.exit_stopped(*stop)
 
 
 if __name__ == "__main__":

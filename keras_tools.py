@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 from image_files import DataError
 
@@ -72,6 +73,7 @@ import numpy as np  # noqa: E402
 from tensorflow.keras.preprocessing.image import ImageDataGenerator  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from tensorboard.plugins.hparams import api as hparams_api  # noqa: E402
 
 # Keras 3 calls .h5 files legacy at every save; the scripts save .h5 on purpose, as in 2018.
@@ -83,14 +85,15 @@ AUGMENTATION_CHUNK = 64
 
 # Checks of the CNN scripts' settings, made before anything slow starts.
 
-def check_training_settings(epochs, batch_size, image_size, augmentation):
-    """augmentation is ImageDataGenerator's keyword arguments, as the scripts state them."""
+def check_training_settings(epochs, batch_size, image_size, augmentation, smallest_image=22):
+    """augmentation is ImageDataGenerator's keyword arguments, as the scripts state them;
+    smallest_image the network's smallest input side (three 3x3 convolutions, each followed by
+    2x2 pooling, need 22 pixels; keras.applications' networks 32)."""
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
         if value < 1:
             raise DataError(f"{flag} {value} must be 1 or more")
-    # Three 3x3 convolutions, each followed by 2x2 pooling, need 22 pixels or more.
-    if image_size < 22:
-        raise DataError(f"--image-size {image_size} is too small: the network needs 22 pixels or more")
+    if image_size < smallest_image:
+        raise DataError(f"--image-size {image_size} is too small: the network needs {smallest_image} pixels or more")
     # Named as the user wrote them, before the generator turns zca_whitening on featurewise_center.
     for setting in ("featurewise_center", "samplewise_center", "featurewise_std_normalization",
                     "samplewise_std_normalization", "zca_whitening", "channel_shift_range",
@@ -135,6 +138,49 @@ def check_resume(model_file, initial_epoch, epochs):
         raise DataError(f"cannot resume '{model_file}': it and '{resumed_file}' were not saved together "
                         "(two runs saved to one --model-file, or a save was cut short); go on from the "
                         f"last epoch alone with --model-file {resumed_file}, or start again")
+
+
+def check_run(args, augmentation, smallest_image=22):
+    """Check a training run's folders, settings and resume request before anything slow starts:
+    (the class names, what to tell about the data)."""
+    class_names, train_counts, validation_counts = image_files.check_image_folders(
+        args.train_dir, args.validation_dir)
+    image_files.check_output_file(args.model_file, ".h5")
+    image_files.check_log_folder(args.log_dir)
+    image_files.check_seed(args.seed)
+    check_training_settings(args.epochs, args.batch_size, args.image_size, augmentation, smallest_image)
+    check_resume(args.model_file, args.initial_epoch, args.epochs)
+    return class_names, (f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\n"
+                         f"Validation images per class: {validation_counts}")
+
+
+def read_run_images(args, class_names):
+    """Every image read once, at the size the network takes: (images, labels) of the training
+    folder, (images, labels, paths within the folder) of the validation folder, and the seconds taken."""
+    started = time.perf_counter()
+    train_images, train_labels, _ = image_files.read_image_folder(
+        args.train_dir, class_names, args.image_size, "training")
+    validation_images, validation_labels, validation_paths = image_files.read_image_folder(
+        args.validation_dir, class_names, args.image_size, "validation")
+    validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
+    return ((train_images, train_labels), (validation_images, validation_labels, validation_names),
+            time.perf_counter() - started)
+
+
+def label_check_folds(args, augmentation, epochs, folds, smallest_image=22):
+    """--check-labels' checks and reading of the training folder: (images, labels, paths, class
+    names, the stratified folds, each (indices trained on, indices held out)), at most folds of them."""
+    class_names, _ = image_files.check_image_folder(args.train_dir, "training")
+    image_files.check_seed(args.seed)
+    check_training_settings(epochs, args.batch_size, args.image_size, augmentation, smallest_image)
+    images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, args.image_size,
+                                                          "training")
+    folds = min(folds, np.bincount(labels).min())
+    if folds < 2:
+        raise DataError(f"'{args.train_dir}' has a class of 1 readable image: "
+                        "--check-labels needs at least 2 per class")
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=args.seed).split(images, labels)
+    return images, labels, paths, class_names, list(splits)
 
 
 # Batches: the images stay in memory as uint8; augmentation runs on them inside tf.data.
@@ -220,6 +266,23 @@ def augment(images, generator, seed):
         brightness = uniform(*generator.brightness_range)
         transformed = tf.clip_by_value(transformed * brightness[:, None, None, None], 0, 255)
     return transformed
+
+
+@keras.saving.register_keras_serializable(package="ImageClassification")
+class BackbonePreprocessing(keras.layers.Layer):
+    """network_input's pixels, from 0 to 1, as a keras.applications network was trained on them:
+    the preprocess_input of its module (backbone: "mobilenet_v2", "vgg16", ...) on 0-255 pixels.
+    A layer of the model, so that its file classifies photos alone."""
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+
+    def call(self, images):
+        return getattr(keras.applications, self.backbone).preprocess_input(images * 255.0)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": self.backbone}
 
 
 # Model files: <name>.h5, the epoch kept (BestEpoch), and <name>.last.h5, the last epoch, from
@@ -331,9 +394,14 @@ class BestEpoch(keras.callbacks.Callback):
     starts from the one saved before, so that only a better epoch replaces it. Put it before the
     callbacks that describe the model at the end (ValidationReport)."""
 
-    def __init__(self, epoch=None, metrics=None, weights=None):
+    def __init__(self, epoch=None, metrics=None, weights=None, weights_of=None):
         super().__init__()
         self.epoch, self.metrics, self.weights, self.last_weights = epoch, metrics, weights, None
+        self.weights_of = weights_of  # the model whose weights are kept, if fit trains a part of it
+
+    @property
+    def kept_model(self):
+        return self.weights_of or self.model
 
     def on_epoch_end(self, epoch, logs=None):
         # An epoch whose val_loss is not a number diverged: never kept, and beaten by any other.
@@ -342,7 +410,7 @@ class BestEpoch(keras.callbacks.Callback):
         if math.isfinite(logs["val_loss"]) and (
                 not math.isfinite(best.get("val_loss", math.nan))
                 or (logs["val_accuracy"], -logs["val_loss"]) > best_score):
-            self.epoch, self.weights = epoch + 1, self.model.get_weights()
+            self.epoch, self.weights = epoch + 1, self.kept_model.get_weights()
             self.metrics = {name: float(value) for name, value in logs.items()}
 
     def kept(self, last_epoch, last_metrics):
@@ -350,9 +418,9 @@ class BestEpoch(keras.callbacks.Callback):
         return (last_epoch, last_metrics) if self.weights is None else (self.epoch, self.metrics)
 
     def on_train_end(self, logs=None):
-        self.last_weights = self.model.get_weights()
+        self.last_weights = self.kept_model.get_weights()
         if self.weights is not None:
-            self.model.set_weights(self.weights)
+            self.kept_model.set_weights(self.weights)
 
 
 class EpochInterrupted(Exception):
@@ -370,7 +438,7 @@ class StopOnCtrlC(keras.callbacks.Callback):
     def __init__(self, initial_epoch):
         super().__init__()
         self.completed_epochs, self.last_epoch_logs = initial_epoch, None
-        self.signal_number, self._last_epoch_state, self._handlers = None, None, {}
+        self.signal_number, self._handlers = None, {}
 
     @property
     def interrupted(self):
@@ -378,6 +446,7 @@ class StopOnCtrlC(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._handlers = image_files.handle_stops(self._request_stop)
+        self._keep_epoch()  # what a stop in the first epoch goes back to, in each fit
 
     def _request_stop(self, signal_number):
         self._restore_handlers()  # a second stop quits at once
@@ -397,15 +466,17 @@ class StopOnCtrlC(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.completed_epochs, self.last_epoch_logs = epoch + 1, dict(logs)
+        self._keep_epoch()
+
+    def _keep_epoch(self):
         self._last_epoch_state = (self.model.get_weights(),
                                   [variable.numpy() for variable in self.model.optimizer.variables])
 
     def restore_last_epoch(self):
-        if self._last_epoch_state is not None:
-            weights, optimizer_state = self._last_epoch_state
-            self.model.set_weights(weights)
-            for variable, value in zip(self.model.optimizer.variables, optimizer_state):
-                variable.assign(value)
+        weights, optimizer_state = self._last_epoch_state
+        self.model.set_weights(weights)
+        for variable, value in zip(self.model.optimizer.variables, optimizer_state):
+            variable.assign(value)  # zip: an optimizer built after the first step has more
 
     def on_train_end(self, logs=None):
         self._restore_handlers()
@@ -450,6 +521,77 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
     best = "" if best_epoch.weights is None else f" (kept: epoch {best_epoch.epoch})"
     go_on = command_line(script, {**options, "model_file": saved[0], "initial_epoch": completed})
     return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
+
+
+# A training run of a model script: its TensorBoard run, fit until the end or a stop, the save.
+
+def start_run(args, script, hparams, class_names, train_images, train_labels, augmentation):
+    """A new TensorBoard run folder with the run's settings (args and the script's hparams) and a
+    grid of training images as the network gets them. Returns (the folder, its writer)."""
+    run_dir = image_files.new_run_folder(args.log_dir, script)
+    run_log = tf.summary.create_file_writer(run_dir)
+    log_hparams(run_log, run_dir, {
+        "script": script, "train_dir": args.train_dir, "validation_dir": args.validation_dir,
+        "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch, "seed": args.seed, **hparams}, class_names, train_labels, augmentation)
+    log_training_images(run_log, train_images, train_labels, class_names, augmentation, args.seed,
+                        step=args.initial_epoch)
+    return run_dir, run_log
+
+
+def fit_until_stopped(model, callbacks, stop_on_ctrl_c, *data, **fit_arguments):
+    """model.fit(*data, **fit_arguments) with callbacks, stop_on_ctrl_c (a StopOnCtrlC) the last of
+    them: a stop half-way through an epoch goes back to the last complete one, ends the callbacks as
+    fit would (the report, the logs closed) and returns; a TensorBoard file that cannot be written
+    is a DataError."""
+    try:
+        model.fit(*data, callbacks=callbacks, **fit_arguments)
+    except EpochInterrupted:
+        stop_on_ctrl_c.restore_last_epoch()
+        for callback in callbacks:
+            callback.on_train_end()
+    except tf.errors.OpError as error:  # most often TensorBoard's files, on a full disk
+        raise log_write_error(error) from None
+    finally:
+        stop_on_ctrl_c.on_train_end()  # stops are handled as before fit, however it ended
+
+
+def save_training(model, script, options, default_model_file, class_names, best_epoch, stop_on_ctrl_c,
+                  validation_report, run_dir):
+    """Save what was trained (model holds the epoch kept after fit's end), a stop from now on waiting
+    for the files: a stop before the last epoch saves a partial set, otherwise the run is saved whole.
+    options are the script's flags (vars(args)). Returns (what to print, and after a stop (the
+    message to end the run with, its signal number), else None)."""
+    with image_files.stops_held_off() as late_stops:
+        if stop_on_ctrl_c.interrupted and stop_on_ctrl_c.completed_epochs < options["epochs"]:
+            report = ""
+            message = save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script, options, run_dir)
+        else:
+            report = _save_and_report(model, script, options, default_model_file, class_names, best_epoch,
+                                      stop_on_ctrl_c, validation_report)
+            message = "Stopped after the last epoch; the run is saved whole, as said above."
+    stop = stop_on_ctrl_c.signal_number or next(iter(late_stops), None)
+    return report, (message, stop) if stop else None
+
+
+def _save_and_report(model, script, options, default_model_file, class_names, best_epoch, stop_on_ctrl_c,
+                     validation_report):
+    """Save the epoch kept and the last; what the kept one is and what it gets wrong."""
+    model_file, last_epoch = options["model_file"], stop_on_ctrl_c.completed_epochs
+    last_metrics = {name: float(value) for name, value in stop_on_ctrl_c.last_epoch_logs.items()}
+    saved_files = save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics)
+    kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
+    predict_command = command_line(script, {
+        "predict": "PHOTOS", "model_file": None if model_file == default_model_file else model_file})
+    return "\n".join([
+        f"Saved {', '.join(saved_files)}",
+        f"Kept in {model_file}: epoch {kept_epoch} of {last_epoch}, the one of highest val_accuracy; "
+        f"the last epoch, which --initial-epoch resumes, is in {saved_files[2]}",
+        f"To classify photos with it: {predict_command}",
+        f"Validation set, per class:\n{validation_report.report}",
+        f"Misclassified validation images, most confident first:\n{validation_report.mistakes}",
+        # The last line sums the kept epoch up, like the 2018 README's results.
+        " - ".join(f"{name}: {kept_metrics[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy"))])
 
 
 # TensorBoard: Keras writes each epoch's scalars in <run>/train and <run>/validation; the
