@@ -1,0 +1,303 @@
+"""TransferModel: a network pretrained on ImageNet, with a small classifier trained on top.
+
+The Keras blog post's next step after training from scratch: its "bottleneck features".
+Stage 1 computes the frozen convolutional base's features of every photo once and trains
+a small classifier on them (seconds); stage 2 fine-tunes the base's last block with the
+classifier, on augmented photos, at a low learning rate (about 20 s an epoch on 2 cores).
+
+    python TransferModel.py                 # trains on data/train, checks on data/validation
+    python TransferModel.py --predict new/  # classifies photos with the saved TransferModel.h5
+    python TransferModel.py --check-labels  # training photos whose label looks wrong
+    tensorboard --logdir logs               # beside the other models' runs
+
+On first use Keras downloads the base's ImageNet weights into its cache (~/.keras/models,
+or $KERAS_HOME/models); offline, --weights names a copy. Edit the constants below and run again.
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import keras_tools  # first: TensorFlow starts there, without its start-up chatter
+
+import keras
+import numpy as np
+from keras import layers
+
+import image_files
+
+# Data and outputs.
+TRAIN_DIR = "data/train"
+VALIDATION_DIR = "data/validation"
+LOG_DIR = "logs"
+MODEL_FILE = "TransferModel.h5"
+
+# The pretrained network: MobileNetV2 (9 MB, fast on a CPU, TensorFlow's tutorial's), VGG16 (the
+# blog post's, 58 MB) or EfficientNetB0 (16 MB). Each: its keras.applications module, whose
+# preprocess_input the network receives, and the first layer of its last block, the one stage 2 trains.
+BACKBONE = "MobileNetV2"
+BACKBONES = {
+    "MobileNetV2": ("mobilenet_v2", "block_16_expand"),
+    "VGG16": ("vgg16", "block5_conv1"),
+    "EfficientNetB0": ("efficientnet", "block7a_expand_conv"),
+}
+WEIGHTS = None  # None: Keras' ImageNet weights, downloaded once; or the path of a copy (--weights)
+
+# Hyperparameters, chosen on two real photo sets in docs/transfer-learning.md.
+IMAGE_SIZE = 224  # the size the ImageNet weights were trained at
+BATCH_SIZE = 32
+FEATURE_EPOCHS = 30  # stage 1: the classifier alone, on the base's features
+FINE_TUNE_EPOCHS = 5  # stage 2: the last block too; 0 turns stage 2 off
+EPOCHS = FEATURE_EPOCHS + FINE_TUNE_EPOCHS
+INITIAL_EPOCH = 0  # above 0, training resumes the model saved in MODEL_FILE
+FEATURE_LEARNING_RATE = 0.001  # Adam
+FINE_TUNE_LEARNING_RATE = 0.00001  # Adam, small: the pretrained weights only need nudging
+DROPOUT = 0.2
+SEED = 2018
+
+# Stage 2's augmentation, in ImageDataGenerator's keyword arguments (stage 1 trains on features
+# computed once, of the photos as they are).
+AUGMENTATION = dict(
+    rotation_range=15,
+    width_shift_range=0.1,
+    height_shift_range=0.1,
+    zoom_range=0.2,
+    horizontal_flip=True,
+)
+
+# TensorBoard: a confusion matrix of the validation set every this many epochs, and at the end.
+CONFUSION_MATRIX_EVERY = 10
+
+# --check-labels: a classifier trained on the features of all the training images but a fold,
+# for each of this many folds, classifies that fold.
+CHECK_LABELS_FOLDS = 5
+
+SMALLEST_IMAGE = 32  # keras.applications' networks take 32 pixels or more
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=(
+        f"Train TransferModel: {BACKBONE} pretrained on ImageNet with a small classifier on top. "
+        f"Stage 1 (epochs 1 to {FEATURE_EPOCHS}) trains the classifier on the base's features, "
+        f"computed once (seconds on 2 cores); stage 2 (the epochs after) fine-tunes the base's "
+        f"last block too, about 20 s an epoch for 341 photos on 2 cores."))
+    parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
+    parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
+    parser.add_argument("--epochs", type=int, default=EPOCHS,
+                        help=f"the epoch to stop after; above {FEATURE_EPOCHS}, stage 2")
+    parser.add_argument("--initial-epoch", type=int, default=INITIAL_EPOCH,
+                        help="epochs already done by the model in --model-file, to resume it")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
+    parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
+    parser.add_argument("--model-file", default=MODEL_FILE,
+                        help="where the epoch of highest val_accuracy is saved (the last epoch "
+                             "beside it, as <name>.last.h5); --predict and --initial-epoch load "
+                             "them: a model file can run code, so load only models you made or trust")
+    parser.add_argument("--weights", default=WEIGHTS, metavar="FILE",
+                        help=f"{BACKBONE}'s ImageNet weights without its top, from this file "
+                             "instead of Keras' cache (where Keras downloads them on first use)")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--predict", metavar="PATH",
+                        help="classify this image, or every image under this folder, with the "
+                             "model in --model-file, instead of training")
+    parser.add_argument("--check-labels", action="store_true",
+                        help=f"instead of training, list the training images whose label looks "
+                             f"wrong, the most suspect first: each image is classified by a "
+                             f"classifier trained on the features of the others ({CHECK_LABELS_FOLDS} "
+                             f"folds, seconds); nothing is moved or changed")
+    return parser.parse_args()
+
+
+def load_base(image_size, weights_file):
+    """The backbone's convolutional base, without its classifier, with ImageNet weights: Keras'
+    (downloaded into its cache on first use) or weights_file's. One line when they cannot be had."""
+    cache = os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
+                         "models")
+    if weights_file and not os.path.isfile(weights_file):
+        raise image_files.DataError(f"--weights '{weights_file}' is not a file")
+    try:
+        with warnings.catch_warnings():  # a file of other shapes: a warning a layer, then the error
+            warnings.simplefilter("ignore")
+            return getattr(keras.applications, BACKBONE)(
+                input_shape=(image_size, image_size, 3), include_top=False,
+                weights=weights_file or "imagenet", name="base")
+    except Exception as error:  # Keras raises a plain Exception when a download fails
+        message = str(error).splitlines()[0]
+        if message.startswith("URL fetch failure on "):
+            address, reason = message.removeprefix("URL fetch failure on ").split(": ", 1)
+            reason = reason.removeprefix("None -- ")  # urllib gives no error number offline
+            raise image_files.DataError(
+                f"cannot download {BACKBONE}'s ImageNet weights ({reason}): fetch {address} on a machine "
+                f"with internet access and put it in '{cache}', or name a copy with --weights FILE") from None
+        source = f"'{weights_file}'" if weights_file else f"the {BACKBONE} file in '{cache}'"
+        raise image_files.DataError(
+            f"{source} does not hold {BACKBONE}'s ImageNet weights without its top at this --image-size "
+            f"({type(error).__name__}: {message[:200]}); download it again, or name another with --weights") from None
+
+
+def preprocessing_layer():
+    """The backbone's preprocess_input, on network_input's pixels (0 to 1), as a built-in layer, so
+    that the saved model loads in any Keras program: every keras.applications preprocess_input is
+    a per-channel affine map (a scale, a shift, RGB to BGR), read here off the function itself."""
+    preprocess_input = getattr(keras.applications, BACKBONES[BACKBONE][0]).preprocess_input
+    probes = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype="float32")[:, None, None, :]
+    outputs = np.asarray(preprocess_input(probes))[:, 0, 0, :]
+    layer = layers.Conv2D(3, 1, trainable=False, name="preprocess_input")
+    layer.build((None, None, None, 3))
+    layer.set_weights([(outputs[1:] - outputs[0])[None, None], outputs[0]])
+    return layer
+
+
+def build_model(base, num_classes):
+    """The base, frozen, and a small classifier on its pooled features, a model of its own that
+    stage 1 trains on features computed once. The model takes network_input's pixels."""
+    base.trainable = False
+    inputs = keras.Input(shape=base.input_shape[1:])
+    preprocessed = preprocessing_layer()(inputs)
+    features = layers.GlobalAveragePooling2D()(base(preprocessed))
+    classifier = keras.Sequential([
+        keras.Input(shape=features.shape[1:]),
+        layers.Dropout(DROPOUT),
+        layers.Dense(num_classes, activation="softmax"),
+    ], name="classifier")
+    return keras.Model(inputs, classifier(features))
+
+
+def set_stage(model, stage):
+    """Make the model ready for stage 1 (its classifier alone is trained, on features; returns the
+    classifier, compiled) or 2 (the base's last block and the classifier; returns the model, compiled)."""
+    base, classifier = model.get_layer("base"), model.get_layer("classifier")
+    base.trainable = stage == 2
+    if stage == 2:
+        first_trained = base.layers.index(base.get_layer(BACKBONES[BACKBONE][1]))
+        for index, layer in enumerate(base.layers):
+            # Batch normalisation frozen, so in inference mode, as the Keras fine-tuning guide says:
+            # its statistics would drift on a few hundred photos. (Calling the base with
+            # training=False does not hold in Keras 3's fit: keras-team/keras#20285.)
+            layer.trainable = index >= first_trained and not isinstance(layer, layers.BatchNormalization)
+    trained, learning_rate = (classifier, FEATURE_LEARNING_RATE) if stage == 1 else (model, FINE_TUNE_LEARNING_RATE)
+    trained.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                    metrics=["accuracy"])
+    return trained
+
+
+def features_of(model, image_sets, batch_size):
+    """The base's pooled features of each set of uint8 images, the classifier's input: the slow
+    part, done once, in one call (a call per set would trace the network again)."""
+    extractor = keras.Model(model.inputs, model.get_layer("classifier").input)
+    features = extractor.predict(keras_tools.network_input(np.concatenate(image_sets)), batch_size=batch_size,
+                                 verbose=0)
+    return np.split(features, np.cumsum([len(images) for images in image_sets])[:-1])
+
+
+def check_labels(args):
+    """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
+    images, labels, paths, class_names, folds = keras_tools.label_check_folds(
+        args, {}, FEATURE_EPOCHS, CHECK_LABELS_FOLDS, SMALLEST_IMAGE)
+    model = build_model(load_base(args.image_size, args.weights), len(class_names))
+    [features] = features_of(model, [images], args.batch_size)
+    one_hot = keras.utils.to_categorical(labels, len(class_names))
+    print(f"Training {len(folds)} classifiers of {FEATURE_EPOCHS} epochs on the features of all the "
+          "training images but a fold, to classify that fold")
+    probabilities = np.zeros((len(labels), len(class_names)))
+    initial_weights = model.get_weights()
+    for fold, (trained_on, held_out) in enumerate(folds):
+        keras.utils.set_random_seed(args.seed + fold)
+        model.set_weights(initial_weights)
+        classifier = set_stage(model, 1)
+        classifier.fit(features[trained_on], one_hot[trained_on], batch_size=args.batch_size,
+                       epochs=FEATURE_EPOCHS, verbose=0)
+        probabilities[held_out] = classifier.predict(features[held_out], verbose=0)
+    return image_files.label_issues(paths, labels, probabilities, class_names)
+
+
+def main():
+    args = parse_args()
+    if args.predict:
+        for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
+            print(f"{image_files.readable_text(path)}\t{class_name}\t{probability:.4f}")
+        return
+    if args.check_labels:
+        print(check_labels(args))
+        return
+    class_names, data_summary = keras_tools.check_run(args, AUGMENTATION, SMALLEST_IMAGE)
+    print(data_summary)
+    keras.utils.set_random_seed(args.seed + args.initial_epoch)
+
+    # A new model starts from the ImageNet weights; a resumed one has them in its file already,
+    # with the optimizer's state of stage 2.
+    feature_epochs = min(FEATURE_EPOCHS, args.epochs)
+    if args.initial_epoch > 0:
+        model, best_epoch = keras_tools.load_run(
+            args.model_file, args.image_size, len(class_names),
+            lambda model: set_stage(model, 1 if args.initial_epoch < feature_epochs else 2))
+        best_epoch.weights_of = model
+        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+    else:
+        model = build_model(load_base(args.image_size, args.weights), len(class_names))
+        best_epoch = keras_tools.BestEpoch(weights_of=model)  # the epoch of highest val_accuracy: the model kept
+
+    (train_images, train_labels), (validation_images, validation_labels, validation_names), seconds = (
+        keras_tools.read_run_images(args, class_names))
+    print(f"Read {len(train_images) + len(validation_images)} images in {seconds:.1f} s")
+
+    run_dir, run_log = keras_tools.start_run(args, "TransferModel", {
+        "backbone": BACKBONE, "weights": args.weights or "imagenet", "feature_epochs": FEATURE_EPOCHS,
+        "feature_learning_rate": FEATURE_LEARNING_RATE, "fine_tune_from": BACKBONES[BACKBONE][1],
+        "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE, "dense_dropout": DROPOUT, "optimizer": "Adam"},
+        class_names, train_images, train_labels, AUGMENTATION)
+    print(f"TensorBoard run: {run_dir}")
+    validation_report = keras_tools.ValidationReport(run_log, None, validation_images, validation_labels,
+                                                     validation_names, class_names, CONFUSION_MATRIX_EVERY)
+    stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
+
+    # Stage 1: the base's features of every image once, then the classifier alone on them.
+    if args.initial_epoch < feature_epochs:
+        started = time.perf_counter()
+        train_features, validation_features = features_of(model, [train_images, validation_images],
+                                                          args.batch_size)
+        print(f"{BACKBONE}'s features of {len(train_images) + len(validation_images)} images in "
+              f"{time.perf_counter() - started:.1f} s")
+        validation_report.batches = validation_features
+        keras_tools.fit_until_stopped(
+            set_stage(model, 1),
+            [keras.callbacks.TensorBoard(log_dir=run_dir), best_epoch, validation_report, stop_on_ctrl_c],
+            stop_on_ctrl_c,
+            train_features, keras.utils.to_categorical(train_labels, len(class_names)),
+            validation_data=(validation_features,
+                             keras.utils.to_categorical(validation_labels, len(class_names))),
+            batch_size=args.batch_size, epochs=feature_epochs, initial_epoch=args.initial_epoch, verbose=2)
+        model.set_weights(best_epoch.last_weights)  # stage 2 goes on from the last epoch, as a resumed run
+
+    # Stage 2: the last block and the classifier on augmented images, at a low learning rate.
+    if args.epochs > feature_epochs and not stop_on_ctrl_c.interrupted:
+        fine_tuned = model if args.initial_epoch >= feature_epochs else set_stage(model, 2)
+        validation_report.batches = keras_tools.validation_batches(
+            validation_images, validation_labels, len(class_names), args.batch_size)
+        keras_tools.fit_until_stopped(
+            fine_tuned,
+            [keras.callbacks.TensorBoard(log_dir=run_dir), best_epoch, validation_report, stop_on_ctrl_c],
+            stop_on_ctrl_c,
+            keras_tools.training_batches(train_images, train_labels, len(class_names), args.batch_size,
+                                         args.seed + args.initial_epoch, AUGMENTATION),
+            validation_data=validation_report.batches, epochs=args.epochs,
+            initial_epoch=max(args.initial_epoch, feature_epochs), shuffle=False, verbose=2)
+
+    report, stop = keras_tools.save_training(model, sys.argv[0], vars(args), MODEL_FILE, class_names,
+                                             best_epoch, stop_on_ctrl_c, validation_report, run_dir)
+    if report:
+        print(report)
+    if stop:
+        image_files.exit_stopped(*stop)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (image_files.DataError, OSError) as error:
+        sys.exit(image_files.readable_text(f"TransferModel.py: error: {error}"))
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP, before training or a second one
+        image_files.exit_stopped("TransferModel.py: interrupted; nothing saved", image_files.signal_of(stop))
