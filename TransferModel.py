@@ -230,10 +230,11 @@ def main():
     # A new model starts from the ImageNet weights; a resumed one has them in its file already,
     # with the optimizer's state of stage 2.
     feature_epochs = min(FEATURE_EPOCHS, args.epochs)
+    resumed_in_stage_2 = 0 < args.initial_epoch and feature_epochs <= args.initial_epoch
     if args.initial_epoch > 0:
         model, best_epoch = keras_tools.load_run(
             args.model_file, args.image_size, len(class_names),
-            lambda model: set_stage(model, 1 if args.initial_epoch < feature_epochs else 2))
+            lambda model: set_stage(model, 2 if resumed_in_stage_2 else 1))
         best_epoch.weights_of = model
         print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
     else:
@@ -274,7 +275,7 @@ def main():
 
     # Stage 2: the last block and the classifier on augmented images, at a low learning rate.
     if args.epochs > feature_epochs and not stop_on_ctrl_c.interrupted:
-        fine_tuned = model if args.initial_epoch >= feature_epochs else set_stage(model, 2)
+        fine_tuned = model if resumed_in_stage_2 else set_stage(model, 2)
         validation_report.batches = keras_tools.validation_batches(
             validation_images, validation_labels, len(class_names), args.batch_size)
         keras_tools.fit_until_stopped(

@@ -18,7 +18,7 @@ import keras_tools
 from helpers import make_images, run_in_process, start_script, stderr_lines, stop_at_line
 
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "SVMModel.py", "ClassImageAugmentationSample.py",
-           "UnitaryImageAugmentationSample.py"]
+           "UnitaryImageAugmentationSample.py", "TransferModel.py"]
 
 
 def assert_stopped_in_one_line(result, signal_number, *expected_parts):
@@ -42,8 +42,8 @@ def photos(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("script, delay, stop", zip(SCRIPTS, [0.2, 0.4, 0.6, 0.8, 1.0], [
-    signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGINT]))
+@pytest.mark.parametrize("script, delay, stop", zip(SCRIPTS, [0.2, 0.4, 0.6, 0.8, 1.0, 1.2], [
+    signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGINT, signal.SIGTERM]))
 def test_a_stop_in_the_first_second_is_one_line(script, delay, stop, photos):
     """While Python loads TensorFlow and the other modules, before the script's own work."""
     arguments = ["--image", "train/refImage.png"] if script == "UnitaryImageAugmentationSample.py" else [

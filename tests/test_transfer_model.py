@@ -15,6 +15,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_tools
 from helpers import (FINAL_LINE, REPO, assert_one_line_error, logged_scalars, make_images, run_in_process,
@@ -160,6 +161,12 @@ def test_stage_two_trains_the_last_block_with_batch_normalisation_frozen(keras_h
     runs = sorted((tmp_path / "logs").iterdir())
     assert [sorted(logged_scalars(run / "validation")["epoch_accuracy"]) for run in runs] == [[0, 1], [2, 3], [4]]
     assert all(re.fullmatch(r"TransferModel-\d{8}-\d{6}(-\d+)?", run.name) for run in runs)
+    events = EventAccumulator(str(runs[1]), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"_hparams_/session_start_info", "augmented_training_images", "confusion_matrix",
+            "misclassified_validation_images", "classification_report"} <= set(events.Tags()["tensors"])
+    settings = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    assert b"MobileNetV2" in settings and b"block_16_expand" in settings
 
 
 def test_a_stop_in_stage_two_saves_stage_one_and_its_command_goes_on(keras_home, photos, tmp_path, monkeypatch):
