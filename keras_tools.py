@@ -268,23 +268,6 @@ def augment(images, generator, seed):
     return transformed
 
 
-@keras.saving.register_keras_serializable(package="ImageClassification")
-class BackbonePreprocessing(keras.layers.Layer):
-    """network_input's pixels, from 0 to 1, as a keras.applications network was trained on them:
-    the preprocess_input of its module (backbone: "mobilenet_v2", "vgg16", ...) on 0-255 pixels.
-    A layer of the model, so that its file classifies photos alone."""
-
-    def __init__(self, backbone, **kwargs):
-        super().__init__(**kwargs)
-        self.backbone = backbone
-
-    def call(self, images):
-        return getattr(keras.applications, self.backbone).preprocess_input(images * 255.0)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
-
-
 # Model files: <name>.h5, the epoch kept (BestEpoch), and <name>.last.h5, the last epoch, from
 # which a run resumes; each with its weights beside it (<name>.weights.h5, <name>.last.weights.h5)
 # and the class names, epoch and metrics in its attributes.
