@@ -384,7 +384,7 @@ class BestEpoch(keras.callbacks.Callback):
 
     @property
     def kept_model(self):
-        return self.weights_of or self.model
+        return self.model if self.weights_of is None else self.weights_of
 
     def on_epoch_end(self, epoch, logs=None):
         # An epoch whose val_loss is not a number diverged: never kept, and beaten by any other.
@@ -458,8 +458,9 @@ class StopOnCtrlC(keras.callbacks.Callback):
     def restore_last_epoch(self):
         weights, optimizer_state = self._last_epoch_state
         self.model.set_weights(weights)
-        for variable, value in zip(self.model.optimizer.variables, optimizer_state):
-            variable.assign(value)  # zip: an optimizer built after the first step has more
+        for index, variable in enumerate(self.model.optimizer.variables):
+            # Variables built since (at a fit's first step) start from zero, as a new optimizer's.
+            variable.assign(optimizer_state[index] if index < len(optimizer_state) else tf.zeros_like(variable))
 
     def on_train_end(self, logs=None):
         self._restore_handlers()

@@ -185,6 +185,10 @@ def test_a_stop_in_stage_two_saves_stage_one_and_its_command_goes_on(keras_home,
     assert line.startswith("Interrupted after epoch 3; saved ")
     partial_file = line.split("saved ")[1].split(",")[0]
     assert saved_epoch(partial_file.replace(".h5", ".last.h5")) == 3
+    # Stage 2's optimizer is saved as it was before its first step: no step counted, no momentum.
+    with h5py.File(partial_file.replace(".h5", ".last.h5"), "r") as saved:
+        [optimizer] = saved["optimizer_weights"].values()
+        assert all(not np.any(optimizer[name][()]) for name in optimizer if name != "learning_rate")
     monkeypatch.undo()
     go_on = line.split("To go on: ")[1].split()[2:]
     assert go_on[go_on.index("--initial-epoch") + 1] == "3"
@@ -193,6 +197,7 @@ def test_a_stop_in_stage_two_saves_stage_one_and_its_command_goes_on(keras_home,
     assert finished.returncode == 0, finished.stderr
     assert "features of" not in finished.stdout and "Epoch 5/5" in finished.stdout
     assert saved_epoch(partial_file.replace(".h5", ".last.h5")) == 5
+    assert optimizer_iterations(partial_file.replace(".h5", ".last.h5")) == 10  # 2 epochs of 5 steps
 
 
 def test_check_labels_on_the_features_finds_planted_labels(keras_home, tmp_path):

@@ -3,6 +3,7 @@
     KERAS_HOME=/tmp/keras python tests/benchmarks/transfer.py run --data flowers4 --variant defaults \\
         --seed 1 --out transfer.jsonl      # one run: a JSON line
     python tests/benchmarks/transfer.py summary transfer.jsonl   # Markdown table
+    python tests/benchmarks/transfer.py readme transfer.jsonl    # the README table's rows
 
 $KERAS_HOME/models must hold the backbone's ImageNet weights (here the stand-in from
 ../shared/weights): nothing is downloaded. The splits are generalisation.py's: "test" is the
@@ -140,9 +141,9 @@ def summary(args):
     print("| variant | reading | " + " | ".join(data_sets) + " | seeds |")
     print("|---|---|" + "---|" * (len(data_sets) + 1))
 
-    def cell(values):
+    def cell(values, signed):
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+        return f"{statistics.mean(values):{'+' if signed else ''}.3f} ± {spread:.3f}"
 
     for variant in VARIANTS:
         found = {data: runs.get((variant, data), []) for data in data_sets}
@@ -156,9 +157,15 @@ def summary(args):
                 readings[f"+ stage 2, {extra} epochs, kept"] = (
                     lambda r, e=extra: kept(r, r["feature_epochs"] + e)[0])
             readings["+ stage 2, 10 epochs, last"] = lambda r: r["test_accuracy"][-1]
+            # Paired: the same run's features, classifier and seed, with and without stage 2.
+            for extra in (5, 10):
+                readings[f"stage 2 gain ({extra} epochs), same run"] = (
+                    lambda r, e=extra: kept(r, r["feature_epochs"] + e)[0] - kept(r, r["feature_epochs"])[0])
         readings["logistic regression (bar)"] = lambda r: r["logistic_regression"]
+        readings["stage 1 minus the bar"] = lambda r: kept(r, r["feature_epochs"])[0] - r["logistic_regression"]
         for name, reading in readings.items():
-            cells = [cell([reading(r) for r in found[data]]) if found[data] else "" for data in data_sets]
+            cells = [cell([reading(r) for r in found[data]], signed="gain" in name or "minus" in name)
+                     if found[data] else "" for data in data_sets]
             seeds = sorted({len(results) for results in found.values() if results})
             print(f"| {variant} | {name} | " + " | ".join(cells) + f" | {'/'.join(map(str, seeds))} |")
     timings = [r for results in runs.values() for r in results if len(r["test_accuracy"]) > r["feature_epochs"]]
@@ -168,6 +175,27 @@ def summary(args):
               f"{statistics.mean(r['stage_1_seconds'] for r in timings):.1f} s; stage 2 epoch: "
               f"{statistics.mean(s for r in timings for s in r['seconds'][r['feature_epochs']:]):.1f} s "
               f"({timings[0]['machine']})")
+
+
+def readme_rows(args):
+    """The README results table's rows for TransferModel, its defaults, beside the other models'."""
+    runs = collections.defaultdict(list)
+    with open(args.results) as results:
+        for line in results:
+            result = json.loads(line)
+            if result["variant"] == "defaults":
+                runs[result["data"]].append(result)
+    rows = [("TransferModel", "stage 1, stand-in weights", lambda r: kept(r, r["feature_epochs"])[0]),
+            ("TransferModel", "stages 1 + 2, stand-in weights", lambda r: kept(r, len(r["test_accuracy"]))[0]),
+            ("logistic regression", "on the same features (the bar)", lambda r: r["logistic_regression"])]
+    for model, settings, reading in rows:
+        means = {data: statistics.mean(reading(r) for r in found) for data, found in runs.items()}
+        cells = [f"{means[data]:.2f}" if data in means else "" for data in ("sign_digits4", "flowers4")]
+        two_set = (f"{(means['sign_digits4'] + means['flowers4']) / 2:.2f}"
+                   if "sign_digits4" in means and "flowers4" in means else "")
+        bundled = f"{means['bundled']:.2f}" if "bundled" in means else ""
+        seeds = max(len(runs.get("sign_digits4", [])), len(runs.get("flowers4", [])))
+        print(f"| {model} | {settings} | {cells[0]} | {cells[1]} | {two_set} | {bundled} | {seeds} |  |")
 
 
 def main():
@@ -180,12 +208,14 @@ def main():
     run_parser.add_argument("--out", required=True, help="JSON lines file to append to")
     summary_parser = commands.add_parser("summary", help="test accuracy by variant and reading")
     summary_parser.add_argument("results")
+    readme_parser = commands.add_parser("readme", help="TransferModel's rows of the README's table")
+    readme_parser.add_argument("results")
     args = parser.parse_args()
     if args.command == "run":
         args.out = os.path.abspath(args.out)
         run(args)
     else:
-        summary(args)
+        {"summary": summary, "readme": readme_rows}[args.command](args)
 
 
 if __name__ == "__main__":
