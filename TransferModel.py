@@ -49,7 +49,7 @@ WEIGHTS = None  # None: Keras' ImageNet weights, downloaded once; or the path of
 IMAGE_SIZE = 224  # the size the ImageNet weights were trained at
 BATCH_SIZE = 32
 FEATURE_EPOCHS = 30  # stage 1: the classifier alone, on the base's features
-FINE_TUNE_EPOCHS = 5  # stage 2: the last block too; 0 turns stage 2 off
+FINE_TUNE_EPOCHS = 10  # stage 2: the last block too; 0 turns stage 2 off
 EPOCHS = FEATURE_EPOCHS + FINE_TUNE_EPOCHS
 INITIAL_EPOCH = 0  # above 0, training resumes the model saved in MODEL_FILE
 FEATURE_LEARNING_RATE = 0.001  # Adam
@@ -210,7 +210,8 @@ def check_labels(args):
         classifier = set_stage(model, 1)
         classifier.fit(features[trained_on], one_hot[trained_on], batch_size=args.batch_size,
                        epochs=FEATURE_EPOCHS, verbose=0)
-        probabilities[held_out] = classifier.predict(features[held_out], verbose=0)
+        # Called, not predict(): that would trace a new function for each fold's classifier.
+        probabilities[held_out] = classifier(features[held_out])
     return image_files.label_issues(paths, labels, probabilities, class_names)
 
 

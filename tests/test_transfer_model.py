@@ -200,7 +200,7 @@ def test_a_stop_in_stage_two_saves_stage_one_and_its_command_goes_on(keras_home,
     assert optimizer_iterations(partial_file.replace(".h5", ".last.h5")) == 10  # 2 epochs of 5 steps
 
 
-def test_check_labels_on_the_features_finds_planted_labels(keras_home, tmp_path):
+def test_check_labels_on_the_features_finds_planted_labels(keras_home, tmp_path, caplog):
     train_dir = make_images(tmp_path / "train", {"apple": 15, "berry": 15, "cherry": 15}, seed=1)
     planted = {}
     for number, (source, target) in enumerate([("apple", "berry"), ("berry", "cherry"), ("cherry", "apple")]):
@@ -212,6 +212,7 @@ def test_check_labels_on_the_features_finds_planted_labels(keras_home, tmp_path)
                             constants={"FEATURE_LEARNING_RATE": 0.1})
     assert result.returncode == 0, result.stderr
     assert stderr_lines(result) == []
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == []
     suspects = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
     assert {row[0] for row in suspects[:3]} == set(planted)
     assert all(likely == planted[path] for path, _, _, likely in suspects[:3])
