@@ -3,7 +3,7 @@
 The Keras blog post's next step after training from scratch: its "bottleneck features".
 Stage 1 computes the frozen convolutional base's features of every photo once and trains
 a small classifier on them (seconds); stage 2 fine-tunes the base's last block with the
-classifier, on augmented photos, at a low learning rate (about 20 s an epoch on 2 cores).
+classifier, on augmented photos, at a low learning rate (about 8 s an epoch on 2 cores).
 
     python TransferModel.py                 # trains on data/train, checks on data/validation
     python TransferModel.py --predict new/  # classifies photos with the saved TransferModel.h5
@@ -81,8 +81,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=(
         f"Train TransferModel: {BACKBONE} pretrained on ImageNet with a small classifier on top. "
         f"Stage 1 (epochs 1 to {FEATURE_EPOCHS}) trains the classifier on the base's features, "
-        f"computed once (seconds on 2 cores); stage 2 (the epochs after) fine-tunes the base's "
-        f"last block too, about 20 s an epoch for 341 photos on 2 cores."))
+        f"computed once (about 20 s for 428 photos on 2 cores); stage 2 (the epochs after) "
+        f"fine-tunes the base's last block too, 7 to 13 s an epoch for 341 photos on 2 cores."))
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
     parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
     parser.add_argument("--epochs", type=int, default=EPOCHS,
