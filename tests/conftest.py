@@ -17,3 +17,34 @@ def small_dataset(tmp_path):
     train_dir = make_images(tmp_path / "train", {"apple": 8, "berry": 4}, seed=1)
     validation_dir = make_images(tmp_path / "validation", {"apple": 4, "berry": 4}, seed=2)
     return train_dir, validation_dir
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory):
+    """A Keras folder whose cache holds MobileNetV2's no-top ImageNet weights file as Keras names
+    it (helpers.MOBILENET_WEIGHTS): its shapes and Keras' format, random values (the batch
+    normalisation's variance set so that features neither vanish nor saturate: they then tell
+    colours apart, as ImageNet's do). TransferModel loads it as it loads a user's download."""
+    import keras
+    import numpy as np
+
+    from helpers import MOBILENET_WEIGHTS
+
+    home = tmp_path_factory.mktemp("keras_home")
+    (home / "models").mkdir()
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, weights=None)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 0.1, "float32"))
+    base.save(home / "models" / MOBILENET_WEIGHTS)
+    keras.backend.clear_session()
+    return home
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Three colours, 12 training and 4 validation images each."""
+    counts = {"apple": 12, "berry": 12, "cherry": 12}
+    return (make_images(tmp_path / "train", counts, seed=1),
+            make_images(tmp_path / "validation", {name: 4 for name in counts}, seed=2))

@@ -85,6 +85,22 @@ def test_a_stop_during_training_steps_keeps_only_complete_epochs(stop):
     assert int(model.optimizer.iterations) == 2 * 8
 
 
+def test_a_stop_in_a_fits_first_epoch_puts_back_the_optimizer_as_before_the_fit():
+    """A second fit (TransferModel's stage 2) with a new optimizer, stopped at its third step:
+    the weights as before the fit, and the optimizer's variables built at its first step at
+    zero, as a new optimizer's, not holding the momentum of the steps taken."""
+    model, (x, y) = tiny_model(), tiny_data()
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="categorical_crossentropy", metrics=["accuracy"])
+    before = model.get_weights()
+    stop_on_ctrl_c = keras_tools.StopOnCtrlC(initial_epoch=3)
+    keras_tools.fit_until_stopped(model, [PressStop(epoch=3, during="training"), stop_on_ctrl_c], stop_on_ctrl_c,
+                                  x, y, batch_size=2, epochs=5, initial_epoch=3, verbose=0)
+    assert stop_on_ctrl_c.interrupted and stop_on_ctrl_c.completed_epochs == 3
+    assert all(np.array_equal(now, then) for now, then in zip(model.get_weights(), before))
+    state = {variable.path: variable.numpy() for variable in model.optimizer.variables}
+    assert len(state) > 2 and all(not np.any(value) for path, value in state.items() if "learning_rate" not in path)
+
+
 def test_ctrl_c_during_validation_keeps_the_epoch_it_ends():
     model, (x, y), recorder = tiny_model(), tiny_data(), EpochRecorder()
     stop_on_ctrl_c = keras_tools.StopOnCtrlC(initial_epoch=0)
