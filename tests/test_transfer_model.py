@@ -1,6 +1,6 @@
-"""TransferModel.py offline: where its weights come from, what it refuses, --predict in a new
-process, --check-labels and each backbone's preprocessing. Its stages, resuming and stopping are
-in test_transfer_training.py.
+"""TransferModel.py offline: where its weights come from, what it refuses, a model trained in one
+process resumed and used by --predict in another, --check-labels and each backbone's
+preprocessing. Its stages, and a stop in stage 2, are in test_transfer_training.py.
 
 Keras' ImageNet weights are stood in for by a file of their shapes (the keras_home fixture),
 loaded through the code a user's download takes: Keras' cache under a KERAS_HOME of its own
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import keras_tools
-from helpers import (FINAL_LINE, MOBILENET_WEIGHTS, REPO, assert_one_line_error, make_images, run_in_process,
-                     saved_epoch, stderr_lines)
+from helpers import (FINAL_LINE, MOBILENET_WEIGHTS, REPO, assert_one_line_error, logged_scalars, make_images,
+                     run_in_process, saved_epoch, stderr_lines)
 
 ADDRESS = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + MOBILENET_WEIGHTS
 
@@ -30,7 +30,8 @@ def run_fresh(*args, cwd, keras_home):
                           cwd=cwd, capture_output=True, text=True, env=env)
 
 
-def test_a_run_from_keras_cache_then_predict_in_a_fresh_process(keras_home, photos, tmp_path):
+def test_a_run_from_keras_cache_goes_on_and_classifies_in_another_process(keras_home, photos, tmp_path):
+    """Trained in a new process from Keras' cache; its file resumed, and read by --predict, in this one."""
     train_dir, validation_dir = photos
     result = run_fresh("--train-dir", train_dir, "--validation-dir", validation_dir, "--epochs", 1,
                        "--image-size", 32, "--batch-size", 8, "--log-dir", tmp_path / "logs", cwd=tmp_path,
@@ -42,9 +43,9 @@ def test_a_run_from_keras_cache_then_predict_in_a_fresh_process(keras_home, phot
     assert "To classify photos with it: python" in result.stdout
     assert saved_epoch(tmp_path / "TransferModel.last.h5") == 1
 
-    # The file alone classifies photos: in any Keras program, and by --predict in a new process.
+    # The file alone classifies photos: in any Keras program, and by --predict.
     model = keras.models.load_model(tmp_path / "TransferModel.h5")
-    predicted = run_fresh("--predict", validation_dir, cwd=tmp_path, keras_home=tmp_path / "no_keras_home")
+    predicted = run_in_process("TransferModel.py", "--predict", validation_dir, cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     lines = [line.split("\t") for line in predicted.stdout.splitlines()]
     assert len(lines) == 12
@@ -53,6 +54,17 @@ def test_a_run_from_keras_cache_then_predict_in_a_fresh_process(keras_home, phot
     class_names = ["apple", "berry", "cherry"]
     assert [class_name for _, class_name, _ in lines] == [class_names[index] for index in probabilities.argmax(1)]
     assert np.allclose([float(probability) for _, _, probability in lines], probabilities.max(1), atol=1e-4)
+
+    # Resumed in stage 1, without the weights file (the model holds them): the features are computed again.
+    resumed = run_in_process("TransferModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                             "--image-size", 32, "--batch-size", 8, "--log-dir", tmp_path / "logs",
+                             "--initial-epoch", 1, "--epochs", 2, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stdout and "features of 48 images" in resumed.stdout
+    assert "Epoch 1/2" not in resumed.stdout and "Epoch 2/2" in resumed.stdout
+    assert saved_epoch(tmp_path / "TransferModel.last.h5") == 2
+    runs = sorted((tmp_path / "logs").iterdir())
+    assert [sorted(logged_scalars(run / "validation")["epoch_accuracy"]) for run in runs] == [[0], [1]]
 
 
 def test_offline_the_first_run_names_the_file_its_address_and_the_folder(tmp_path):

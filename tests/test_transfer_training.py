@@ -1,5 +1,6 @@
 """TransferModel.py's two stages in this process, on the stand-in weights (keras_home): what stage 2
-trains, resuming in either stage, a stop in stage 2, and the TensorBoard run."""
+trains, a stop in it and the run going on, and the TensorBoard run. Resuming in stage 1 is in
+test_transfer_model.py."""
 
 import re
 import signal
@@ -11,20 +12,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import keras_tools
 from helpers import (FINAL_LINE, MOBILENET_WEIGHTS, logged_scalars, optimizer_iterations, run_in_process,
                      run_transfer, saved_epoch, stderr_lines)
-
-
-def test_resumed_in_stage_one_the_features_are_computed_again(keras_home, photos, tmp_path):
-    weights = keras_home / "models" / MOBILENET_WEIGHTS
-    first = run_transfer(photos, tmp_path, "--weights", weights, "--epochs", 1)
-    assert first.returncode == 0, first.stderr
-    assert saved_epoch(tmp_path / "transfer.last.h5") == 1
-    resumed = run_transfer(photos, tmp_path, "--weights", weights, "--initial-epoch", 1, "--epochs", 2)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming" in resumed.stdout and "features of 48 images" in resumed.stdout
-    assert "Epoch 1/2" not in resumed.stdout and "Epoch 2/2" in resumed.stdout
-    assert saved_epoch(tmp_path / "transfer.last.h5") == 2
-    runs = sorted((tmp_path / "logs").iterdir())
-    assert [sorted(logged_scalars(run / "validation")["epoch_accuracy"]) for run in runs] == [[0], [1]]
 
 
 def test_stage_two_trains_the_last_block_and_a_stop_in_it_goes_on(keras_home, photos, tmp_path, monkeypatch):
