@@ -90,7 +90,7 @@ def check_partial_set(result, stop, model_file, epochs=6):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     completed = int(lines[0].split()[3].rstrip(";"))
     partial_file = model_file.parent / lines[0].split("saved ")[1].split(",")[0]
-    assert partial_file.name.startswith("model.partial-") and partial_file.is_file()
+    assert partial_file.name.startswith(f"{model_file.stem}.partial-") and partial_file.is_file()
     saved = ", ".join(str(partial_file).replace(".h5", kind) for kind in (
         ".h5", ".weights.h5", ".last.h5", ".last.weights.h5"))
     best_epoch = saved_epoch(partial_file)
