@@ -65,7 +65,10 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description="Train SVMModel, an SVM on colour, HOG and thumbnail features.")
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
-    parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
+    parser.add_argument("--validation-dir", help=f"same classes as --train-dir (default: {VALIDATION_DIR})")
+    parser.add_argument("--validation-split", type=float, metavar="FRACTION",
+                        help="instead of --validation-dir, hold out this fraction of each class of "
+                             "--train-dir, the same photos for the same --seed, near-duplicates together")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
     parser.add_argument("--model-file", default=MODEL_FILE,
                         help="where the SVM is saved; --predict loads it: a .joblib file is a "
@@ -79,7 +82,10 @@ def parse_args():
                         help="instead of training, list the training images whose label looks "
                              "wrong, the most suspect first: each image is classified by SVMs that "
                              "did not see it (cross-validation, seconds); nothing is moved or changed")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.validation_dir = image_files.check_validation_split(args.validation_dir, args.validation_split,
+                                                             VALIDATION_DIR)
+    return args
 
 
 def colour_histograms(image, bins, grid):
@@ -213,7 +219,7 @@ def main():
 
     # Check the folders before anything slow starts.
     class_names, train_counts, validation_counts = image_files.check_image_folders(
-        args.train_dir, args.validation_dir)
+        args.train_dir, args.validation_dir, args.validation_split)
     image_files.check_output_file(args.model_file, ".joblib")
     image_files.check_log_folder(args.log_dir)
     image_files.check_seed(args.seed)
@@ -221,12 +227,11 @@ def main():
     print(f"Training images per class: {train_counts}")
     print(f"Validation images per class: {validation_counts}")
 
-    # The same images as the CNNs get, read the same way, at the size the features need.
+    # The same images as the CNNs get, read and split the same way, at the size the features need.
     started = time.perf_counter()
-    train_images, train_labels, _ = image_files.read_image_folder(
-        args.train_dir, class_names, FEATURES["image_size"], "training")
-    validation_images, validation_labels, validation_paths = image_files.read_image_folder(
-        args.validation_dir, class_names, FEATURES["image_size"], "validation")
+    (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
+        image_files.read_training_and_validation(args.train_dir, args.validation_dir, class_names,
+                                                 FEATURES["image_size"], args.validation_split, args.seed))
     print(f"Read {len(train_images) + len(validation_images)} images in "
           f"{time.perf_counter() - started:.1f} s")
     train_kinds = features(train_images, FEATURES)
@@ -257,18 +262,18 @@ def main():
     print(confusion_matrix(validation_labels, predictions, labels=range(len(class_names))))
 
     # TensorBoard: the accuracies under the CNN runs' tag names, so that they sit side by side.
-    run_dir = image_files.new_run_folder(args.log_dir, "SVMModel")
+    run_dir = image_files.new_run_folder(args.log_dir, "SVMModel", run_files)
     print(f"TensorBoard run: {run_dir}")
     run_log = tf.summary.create_file_writer(run_dir)
     keras_tools.log_hparams(run_log, run_dir, {
-        "script": "SVMModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir,
+        "script": "SVMModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir or "",
+        "validation_split": args.validation_split or 0.0,
         **FEATURES, "svm_c": float(search.best_params_["svc__C"]),
         "svm_gamma": str(search.best_params_["svc__gamma"]), "class_weights": CLASS_WEIGHT == "balanced",
         "seed": args.seed}, class_names, train_labels)
     for folder, accuracy in (("train", train_accuracy), ("validation", validation_accuracy)):
         with keras_tools.written(tf.summary.create_file_writer(os.path.join(run_dir, folder))):
             tf.summary.scalar("epoch_accuracy", accuracy, step=0)
-    validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
     _, confidences = keras_tools.log_validation(run_log, validation_images, validation_labels,
                                                 validation_probabilities, validation_names, class_names,
                                                 "validation set, SVM", 0, predictions)
@@ -282,7 +287,7 @@ def main():
     with image_files.stops_held_off() as late_stops:
         image_files.save_files_atomically({args.model_file: lambda path: joblib.dump(
             {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
-             "features": FEATURES}, path)})
+             "features": FEATURES, "validation_split": keras_tools.split_of(vars(args))}, path)})
         print(f"Saved {args.model_file}")
         # The last line sums the run up, like the CNN scripts' last line.
         print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - "

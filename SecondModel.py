@@ -60,7 +60,10 @@ CHECK_LABELS_EPOCHS = 10
 def parse_args():
     parser = argparse.ArgumentParser(description="Train SecondModel, a small CNN with class weights.")
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
-    parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
+    parser.add_argument("--validation-dir", help=f"same classes as --train-dir (default: {VALIDATION_DIR})")
+    parser.add_argument("--validation-split", type=float, metavar="FRACTION",
+                        help="instead of --validation-dir, hold out this fraction of each class of "
+                             "--train-dir, the same photos for the same --seed, near-duplicates together")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="the epoch to stop after")
     parser.add_argument("--initial-epoch", type=int, default=INITIAL_EPOCH,
                         help="epochs already done by the model in --model-file, to resume it")
@@ -82,7 +85,10 @@ def parse_args():
                              f"that did not see it ({CHECK_LABELS_FOLDS} short trainings of "
                              f"{CHECK_LABELS_EPOCHS} epochs, about as long as one training run); "
                              f"nothing is moved or changed")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.validation_dir = image_files.check_validation_split(args.validation_dir, args.validation_split,
+                                                             VALIDATION_DIR)
+    return args
 
 
 def build_model(image_size, num_classes):
@@ -178,7 +184,7 @@ def main():
 
     # Not augmented; validation images come in a fixed order so that val_loss compares
     # epoch to epoch.
-    (train_images, train_labels), (validation_images, validation_labels, validation_names), seconds = (
+    (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files, seconds = (
         keras_tools.read_run_images(args, class_names))
     print(f"Read {len(train_images) + len(validation_images)} images in {seconds:.1f} s")
     train_batches = keras_tools.training_batches(train_images, train_labels, len(class_names),
@@ -204,7 +210,7 @@ def main():
         "optimizer": "Adadelta", "learning_rate": LEARNING_RATE, "conv_dropout": CONV_DROPOUT,
         "dense_dropout": DENSE_DROPOUT, "reduce_lr_patience": REDUCE_LR_PATIENCE,
         "early_stopping_patience": EARLY_STOPPING_PATIENCE, "class_weights": True},
-        class_names, train_images, train_labels, AUGMENTATION)
+        class_names, train_images, train_labels, AUGMENTATION, run_files)
     keras_tools.log_text(run_log, "class_weights", "\n".join(
         ["| class | training images | weight |", "|---|---|---|"]
         + [f"| {name} | {np.sum(train_labels == index)} | {class_weights[index]:.3f} |"

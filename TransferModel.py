@@ -84,7 +84,10 @@ def parse_args():
         f"computed once (about 20 s for 428 photos on 2 cores); stage 2 (the epochs after) "
         f"fine-tunes the base's last block too, 7 to 13 s an epoch for 341 photos on 2 cores."))
     parser.add_argument("--train-dir", default=TRAIN_DIR, help="one sub-folder of images per class")
-    parser.add_argument("--validation-dir", default=VALIDATION_DIR, help="same classes as --train-dir")
+    parser.add_argument("--validation-dir", help=f"same classes as --train-dir (default: {VALIDATION_DIR})")
+    parser.add_argument("--validation-split", type=float, metavar="FRACTION",
+                        help="instead of --validation-dir, hold out this fraction of each class of "
+                             "--train-dir, the same photos for the same --seed, near-duplicates together")
     parser.add_argument("--epochs", type=int, default=EPOCHS,
                         help=f"the epoch to stop after; above {FEATURE_EPOCHS}, stage 2")
     parser.add_argument("--initial-epoch", type=int, default=INITIAL_EPOCH,
@@ -108,7 +111,10 @@ def parse_args():
                              f"wrong, the most suspect first: each image is classified by a "
                              f"classifier trained on the features of the others ({CHECK_LABELS_FOLDS} "
                              f"folds, seconds); nothing is moved or changed")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.validation_dir = image_files.check_validation_split(args.validation_dir, args.validation_split,
+                                                             VALIDATION_DIR)
+    return args
 
 
 def load_base(image_size, weights_file):
@@ -242,7 +248,7 @@ def main():
         model = build_model(load_base(args.image_size, args.weights), len(class_names))
         best_epoch = keras_tools.BestEpoch(weights_of=model)  # the epoch of highest val_accuracy: the model kept
 
-    (train_images, train_labels), (validation_images, validation_labels, validation_names), seconds = (
+    (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files, seconds = (
         keras_tools.read_run_images(args, class_names))
     print(f"Read {len(train_images) + len(validation_images)} images in {seconds:.1f} s")
 
@@ -250,7 +256,7 @@ def main():
         "backbone": BACKBONE, "weights": args.weights or "imagenet", "feature_epochs": FEATURE_EPOCHS,
         "feature_learning_rate": FEATURE_LEARNING_RATE, "fine_tune_from": BACKBONES[BACKBONE][1],
         "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE, "dense_dropout": DROPOUT, "optimizer": "Adam"},
-        class_names, train_images, train_labels, AUGMENTATION)
+        class_names, train_images, train_labels, AUGMENTATION, run_files)
     print(f"TensorBoard run: {run_dir}")
     validation_report = keras_tools.ValidationReport(run_log, None, validation_images, validation_labels,
                                                      validation_names, class_names, CONFUSION_MATRIX_EVERY)

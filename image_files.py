@@ -121,6 +121,7 @@ with contextlib.suppress(AttributeError, ValueError):
 
 # The other modules after the stops are handled: loading them takes a while.
 import concurrent.futures  # noqa: E402
+import hashlib  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
 import math  # noqa: E402
@@ -215,8 +216,11 @@ def check_image_folder(data_dir, role):
     return names, counts
 
 
-def check_image_folders(train_dir, validation_dir):
-    """(class names, training counts, validation counts) of two folders fit to train on."""
+def check_image_folders(train_dir, validation_dir, fraction=None):
+    """(class names, training counts, validation counts) of two folders fit to train on; with
+    fraction (--validation-split), of train_dir alone, the validation counts told in words."""
+    if fraction:
+        return (*check_image_folder(train_dir, "training"), f"{fraction:.0%} of each class, by name and --seed")
     train_classes = class_names(train_dir, "training")
     validation_classes = class_names(validation_dir, "validation")
     if train_classes != validation_classes:
@@ -345,6 +349,133 @@ def read_image_folder(data_dir, class_names, image_size, role):
     return images, labels, [path for path, ok in zip(paths, readable) if ok]
 
 
+# One folder split in two, near-duplicates on one side: a photo's side is decided by a hash of its
+# name and the seed, so that adding photos moves none of those already there (a shuffle would).
+
+NEAR_DUPLICATE_BITS = 32  # of pHash's 256: measured in docs/near-duplicates.md
+
+
+def check_validation_split(validation_dir, fraction, default_dir):
+    """The validation folder to read: validation_dir or default_dir; None with --validation-split."""
+    if fraction is None:
+        return validation_dir or default_dir
+    if validation_dir is not None:
+        raise DataError("--validation-dir and --validation-split cannot be used together: give "
+                        "--validation-split to hold out photos of --train-dir, or --validation-dir alone")
+    if not 0 < fraction < 1:
+        raise DataError(f"--validation-split {fraction} must be a fraction between 0 and 1, such as 0.2")
+    return None
+
+
+def perceptual_hashes(images):
+    """(images, 2, 256) booleans: imagehash's pHash of each uint8 image and of its central 90 %,
+    which a copy cropped by a few percent keeps."""
+    import imagehash  # only runs that compare photos need it
+    margin = round(images.shape[1] * 0.05)
+    return np.array([[imagehash.phash(Image.fromarray(part), hash_size=16).hash.ravel()
+                      for part in (image, image[margin:-margin, margin:-margin])] for image in images])
+
+
+def near_duplicates(hashes, other_hashes=None):
+    """Index pairs (i, j) of near-duplicate images: within hashes (i < j), or of hashes and
+    other_hashes. Two images are when at most NEAR_DUPLICATE_BITS bits differ between their
+    hashes, or between one's and the other's centre."""
+    others = hashes if other_hashes is None else other_hashes
+    signs, other_signs = (np.where(bits, 1, -1).astype(np.float32) for bits in (hashes, others))
+    most_agreeing = hashes.shape[-1] - 2 * NEAR_DUPLICATE_BITS  # bits that agree less those that differ
+    pairs = []
+    for start in range(0, len(hashes), 1000):  # 1,000 rows at a time: little memory for any folder
+        rows = signs[start:start + 1000]
+        agree = np.maximum.reduce([rows[:, a] @ other_signs[:, b].T for a, b in ((0, 0), (0, 1), (1, 0))])
+        pairs += [(start + i, j) for i, j in np.argwhere(agree >= most_agreeing)
+                  if other_hashes is not None or start + i < j]
+    return pairs
+
+
+def split_groups(count, pairs):
+    """The group of each of count images: near-duplicates (index pairs) joined, transitively."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    first, second = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
+
+
+def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
+    """Which images go to validation: those whose group's first path within its class folder (so that
+    a photo moved to another class keeps its side) hashes with the seed below fraction; every class
+    needs images on both sides."""
+    keys = [os.path.relpath(path, os.path.join(data_dir, class_names[label])).replace(os.sep, "/")
+            for path, label in zip(paths, labels)]
+    group_keys = {}
+    for index in sorted(range(len(keys)), key=keys.__getitem__):
+        group_keys.setdefault(groups[index], keys[index])
+    scores = {group: int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode("utf-8", "surrogateescape"))
+                                    .digest()[:8], "big") / 2 ** 64 for group, key in group_keys.items()}
+    validation = np.array([scores[group] < fraction for group in groups], dtype=bool)
+    for index, class_name in enumerate(class_names):
+        sides = validation[labels == index]
+        if sides.all() or not sides.any():
+            raise DataError(f"--validation-split {fraction} leaves no {'training' if sides.all() else 'validation'} "
+                            f"image in '{os.path.join(data_dir, class_name)}' ({len(sides)} readable): add "
+                            "images, or choose another fraction or --seed")
+    return validation
+
+
+def read_training_and_validation(train_dir, validation_dir, class_names, image_size, fraction, seed):
+    """Every image read once: (images, labels) to train on and (images, labels, names within their
+    folder) to validate on, from the two folders or, when fraction is given, from train_dir split
+    with seed; near-duplicates across the two sides or across classes warned about. Returns them
+    and the files for the run's folder, {name: text}."""
+    images, labels, paths = read_image_folder(train_dir, class_names, image_size, "training")
+    hashes = perceptual_hashes(images)
+    index_pairs = near_duplicates(hashes)
+    pairs = [(paths[i], labels[i], paths[j], labels[j]) for i, j in index_pairs]
+    if fraction is None:
+        validation_images, validation_labels, validation_paths = read_image_folder(
+            validation_dir, class_names, image_size, "validation")
+        across = [(validation_paths[i], validation_labels[i], paths[j], labels[j])
+                  for i, j in near_duplicates(perceptual_hashes(validation_images), hashes)]
+        if across:
+            warn(f"validation images that are near-duplicates of training images: "
+                 f"{len({pair[0] for pair in across})}, so val_accuracy flatters the model; move each to the "
+                 "side of its pair, or remove it (the list is also in near_duplicates.tsv in the TensorBoard run):\n"
+                 f"{first_lines(near_duplicate_table(across, class_names))}")
+        pairs = across + [pair for pair in pairs if pair[1] != pair[3]]
+        train = images, labels
+        names = [os.path.relpath(path, validation_dir) for path in validation_paths]
+        run_files = {}
+    else:
+        side = held_out(train_dir, paths, labels, split_groups(len(paths), index_pairs),
+                        class_names, fraction, seed)
+        train, validation_images, validation_labels = (images[~side], labels[~side]), images[side], labels[side]
+        names = [os.path.relpath(path, train_dir) for path, held in zip(paths, side) if held]
+        run_files = {"validation_files.txt": "\n".join(readable_text(name) for name in names)}
+        notice(f"Held out for validation, near-duplicates kept together: {counts_per_class(validation_labels, class_names)}"
+               f"; left to train on: {counts_per_class(train[1], class_names)}")
+    mixed = [pair for pair in pairs if pair[1] != pair[3]]
+    if mixed:
+        warn(f"near-duplicate images in different classes: {len(mixed)} pairs; one label of each pair is "
+             f"wrong, or the classes are too alike to tell apart:\n{first_lines(near_duplicate_table(mixed, class_names))}")
+    return train, (validation_images, validation_labels, names), {
+        **run_files, "near_duplicates.tsv": near_duplicate_table(pairs, class_names)}
+
+
+def counts_per_class(labels, class_names):
+    return dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist()))
+
+
+def near_duplicate_table(pairs, class_names):
+    """A tab-separated line per pair (path, label, its near-duplicate's path, label)."""
+    return "\n".join(["path\tclass\tnear-duplicate\tits class"] + [
+        f"{readable_text(path)}\t{class_names[label]}\t{readable_text(other)}\t{class_names[other_label]}"
+        for path, label, other, other_label in pairs])
+
+def first_lines(table, limit=20):
+    """A table's heading and first limit lines, and how many more there are."""
+    lines = table.split("\n")
+    return "\n".join(lines[:limit + 1] + ([f"and {len(lines) - limit - 1} more"] if len(lines) > limit + 1 else []))
+
 def list_images_to_predict(path):
     """The image at path, or every image under the folder path, in sorted path order."""
     if os.path.isdir(path):
@@ -443,16 +574,19 @@ def save_files_atomically(saves):
         signal.raise_signal(stops[0])
 
 
-def new_run_folder(log_dir, name):
+def new_run_folder(log_dir, name, files=None):
     """Make a new TensorBoard run folder <log_dir>/<name>-<date>-<time>, or -2, -3, ... after it
     if that is taken: os.mkdir makes a folder or fails in one step, so runs started in the
-    same second (a sweep in a shell loop) never share one."""
+    same second (a sweep in a shell loop) never share one. files ({name: text}) are written in it."""
     stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         os.makedirs(log_dir, exist_ok=True)
         for folder in itertools.chain([stamp], (f"{stamp}-{number}" for number in itertools.count(2))):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(os.path.join(log_dir, folder))
+                for file_name, text in (files or {}).items():
+                    with open(os.path.join(log_dir, folder, file_name), "w", encoding="utf-8") as file:
+                        file.write(text + "\n")
                 return os.path.join(log_dir, folder)
     except OSError as error:
         raise DataError(f"cannot make a TensorBoard run folder in '{log_dir}' "

@@ -109,8 +109,9 @@ def check_training_settings(epochs, batch_size, image_size, augmentation, smalle
             raise DataError(f"AUGMENTATION: {setting} must be a fraction of the image size, from 0 to 1")
 
 
-def check_resume(model_file, initial_epoch, epochs):
-    """Check a request to resume the model in model_file after initial_epoch, up to epochs."""
+def check_resume(model_file, initial_epoch, epochs, split=""):
+    """Check a request to resume the model in model_file after initial_epoch, up to epochs, with
+    split (split_of) the validation split it was trained with."""
     if initial_epoch < 0:
         raise DataError(f"--initial-epoch {initial_epoch} must be 0 (a new model) or more")
     if epochs <= initial_epoch:
@@ -126,11 +127,12 @@ def check_resume(model_file, initial_epoch, epochs):
     for path in (resumed_file, model_file):
         try:
             with h5py.File(path, "r") as saved:
-                saved_as[path] = (saved.attrs.get("epoch"), saved.attrs.get("save_id"))
+                saved_as[path] = (saved.attrs.get("epoch"), saved.attrs.get("save_id"),
+                                  saved.attrs.get("validation_split", ""))
         except (OSError, ValueError) as error:  # h5py's OSError on a file that is not HDF5
             raise DataError(f"cannot resume: '{path}' is not a Keras model saved by these scripts "
                             f"({error}); name another with --model-file") from None
-    recorded, set_id = saved_as[resumed_file]
+    recorded, set_id, recorded_split = saved_as[resumed_file]
     if recorded is not None and recorded != initial_epoch:
         raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{resumed_file}' "
                         f"holds the model after epoch {recorded}; use --initial-epoch {recorded}")
@@ -138,33 +140,41 @@ def check_resume(model_file, initial_epoch, epochs):
         raise DataError(f"cannot resume '{model_file}': it and '{resumed_file}' were not saved together "
                         "(two runs saved to one --model-file, or a save was cut short); go on from the "
                         f"last epoch alone with --model-file {resumed_file}, or start again")
+    if recorded_split != split:  # another split would validate on images the model trained on
+        raise DataError(f"cannot resume '{resumed_file}' {f'with {split}' if split else 'on a validation folder'}: "
+                        f"it was trained {f'with {recorded_split}' if recorded_split else 'on a validation folder'}"
+                        "; resume it the same way")
 
 
 def check_run(args, augmentation, smallest_image=22):
     """Check a training run's folders, settings and resume request before anything slow starts:
     (the class names, what to tell about the data)."""
     class_names, train_counts, validation_counts = image_files.check_image_folders(
-        args.train_dir, args.validation_dir)
+        args.train_dir, args.validation_dir, args.validation_split)
     image_files.check_output_file(args.model_file, ".h5")
     image_files.check_log_folder(args.log_dir)
     image_files.check_seed(args.seed)
     check_training_settings(args.epochs, args.batch_size, args.image_size, augmentation, smallest_image)
-    check_resume(args.model_file, args.initial_epoch, args.epochs)
+    check_resume(args.model_file, args.initial_epoch, args.epochs, split_of(vars(args)))
     return class_names, (f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\n"
                          f"Validation images per class: {validation_counts}")
 
 
+def split_of(options):
+    """The run's validation split (options: vars(args)) as recorded in its model files, the flags
+    that make it again; empty with a validation folder."""
+    fraction = options.get("validation_split")
+    return f"--validation-split {fraction} --seed {options['seed']}" if fraction else ""
+
+
 def read_run_images(args, class_names):
-    """Every image read once, at the size the network takes: (images, labels) of the training
-    folder, (images, labels, paths within the folder) of the validation folder, and the seconds taken."""
+    """Every image read once, at the size the network takes: (images, labels) to train on, (images,
+    labels, paths within their folder) to validate on, {name: text} of files for the run's folder,
+    and the seconds taken."""
     started = time.perf_counter()
-    train_images, train_labels, _ = image_files.read_image_folder(
-        args.train_dir, class_names, args.image_size, "training")
-    validation_images, validation_labels, validation_paths = image_files.read_image_folder(
-        args.validation_dir, class_names, args.image_size, "validation")
-    validation_names = [os.path.relpath(path, args.validation_dir) for path in validation_paths]
-    return ((train_images, train_labels), (validation_images, validation_labels, validation_names),
-            time.perf_counter() - started)
+    train, validation, run_files = image_files.read_training_and_validation(
+        args.train_dir, args.validation_dir, class_names, args.image_size, args.validation_split, args.seed)
+    return train, validation, run_files, time.perf_counter() - started
 
 
 def label_check_folds(args, augmentation, epochs, folds, smallest_image=22):
@@ -283,7 +293,7 @@ def file_to_resume(model_file):
     return last_file if os.path.isfile(last_file) else model_file
 
 
-def _model_saves(model, model_file, class_names, epoch, metrics, weights, set_id):
+def _model_saves(model, model_file, class_names, epoch, metrics, weights, set_id, split):
     """{path: save} of model with weights as model_file and its weights file, both marked with
     set_id; model keeps its own weights."""
     def with_weights(save):
@@ -303,6 +313,7 @@ def _model_saves(model, model_file, class_names, epoch, metrics, weights, set_id
             saved.attrs["epoch"] = epoch
             saved.attrs["metrics"] = json.dumps(metrics)
             saved.attrs["save_id"] = set_id
+            saved.attrs["validation_split"] = split
 
     def save_weights_marked(path):
         model.save_weights(path)
@@ -313,19 +324,20 @@ def _model_saves(model, model_file, class_names, epoch, metrics, weights, set_id
             sibling_file(model_file, "weights"): with_weights(save_weights_marked)}
 
 
-def save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics):
+def save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics, split=""):
     """Save the epoch best_epoch kept as model_file and the last epoch (last_epoch, counted from 1,
     its Keras logs last_metrics) as <name>.last.h5, all four files at once; returns their paths.
     model holds the last epoch, or the kept one after BestEpoch.on_train_end. The files cannot be
     renamed into place in one step: each is marked with the set's id, and a set whose files
-    differ (a kill between the renames, two runs saving at once) is refused on resuming."""
+    differ (a kill between the renames, two runs saving at once) is refused on resuming. split
+    (split_of) is the validation split a resumed run must keep."""
     last_weights = best_epoch.last_weights or model.get_weights()
     kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
     kept_weights = last_weights if best_epoch.weights is None else best_epoch.weights
     set_id = secrets.token_hex(8)
-    saves = _model_saves(model, model_file, class_names, kept_epoch, kept_metrics, kept_weights, set_id)
+    saves = _model_saves(model, model_file, class_names, kept_epoch, kept_metrics, kept_weights, set_id, split)
     saves.update(_model_saves(model, sibling_file(model_file, "last"), class_names, last_epoch, last_metrics,
-                              last_weights, set_id))
+                              last_weights, set_id, split))
     image_files.save_files_atomically(saves)
     return list(saves)
 
@@ -501,7 +513,7 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
         return (f"Interrupted before the end of epoch {completed + 1}; nothing new to save: {model_file} "
                 f"still holds epoch {completed}. To go on: {command_line(script, options)}")
     saved = save_run(model, partial_file(model_file, run_dir), class_names, best_epoch, completed,
-                     stop_on_ctrl_c.last_epoch_logs)
+                     stop_on_ctrl_c.last_epoch_logs, split_of(options))
     best = "" if best_epoch.weights is None else f" (kept: epoch {best_epoch.epoch})"
     go_on = command_line(script, {**options, "model_file": saved[0], "initial_epoch": completed})
     return f"Interrupted after epoch {completed}; saved {', '.join(saved)}{best}. To go on: {go_on}"
@@ -509,13 +521,14 @@ def save_interrupted_run(model, class_names, best_epoch, stop_on_ctrl_c, script,
 
 # A training run of a model script: its TensorBoard run, fit until the end or a stop, the save.
 
-def start_run(args, script, hparams, class_names, train_images, train_labels, augmentation):
-    """A new TensorBoard run folder with the run's settings (args and the script's hparams) and a
-    grid of training images as the network gets them. Returns (the folder, its writer)."""
-    run_dir = image_files.new_run_folder(args.log_dir, script)
+def start_run(args, script, hparams, class_names, train_images, train_labels, augmentation, run_files):
+    """A new TensorBoard run folder with run_files ({name: text}), the run's settings (args and the
+    script's hparams) and a grid of training images as the network gets them. Returns (the folder, its writer)."""
+    run_dir = image_files.new_run_folder(args.log_dir, script, run_files)
     run_log = tf.summary.create_file_writer(run_dir)
     log_hparams(run_log, run_dir, {
-        "script": script, "train_dir": args.train_dir, "validation_dir": args.validation_dir,
+        "script": script, "train_dir": args.train_dir, "validation_dir": args.validation_dir or "",
+        "validation_split": args.validation_split or 0.0,
         "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
         "initial_epoch": args.initial_epoch, "seed": args.seed, **hparams}, class_names, train_labels, augmentation)
     log_training_images(run_log, train_images, train_labels, class_names, augmentation, args.seed,
@@ -563,7 +576,7 @@ def _save_and_report(model, script, options, default_model_file, class_names, be
     """Save the epoch kept and the last; what the kept one is and what it gets wrong."""
     model_file, last_epoch = options["model_file"], stop_on_ctrl_c.completed_epochs
     last_metrics = {name: float(value) for name, value in stop_on_ctrl_c.last_epoch_logs.items()}
-    saved_files = save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics)
+    saved_files = save_run(model, model_file, class_names, best_epoch, last_epoch, last_metrics, split_of(options))
     kept_epoch, kept_metrics = best_epoch.kept(last_epoch, last_metrics)
     predict_command = command_line(script, {
         "predict": "PHOTOS", "model_file": None if model_file == default_model_file else model_file})

@@ -169,7 +169,7 @@ def test_spaces_non_ascii_names_and_symlinked_class_folders(tmp_path):
 @pytest.mark.parametrize("script", ["FirstModel.py", "SecondModel.py"])
 def test_models_train_past_broken_files_in_messy_folders(script, tmp_path):
     train_dir = make_images(tmp_path / "photos (copy)" / "train", {"chat": 4, "été": 4})
-    validation_dir = make_images(tmp_path / "photos (copy)" / "validation", {"chat": 2, "été": 2})
+    validation_dir = make_images(tmp_path / "photos (copy)" / "validation", {"chat": 2, "été": 2}, seed=1)
     broken = write_corrupt_files(train_dir / "été")
     (train_dir / "chat" / ".DS_Store").write_bytes(b"\0")
     image_in_mode("CMYK").save(train_dir / "chat" / "print scan.TIF")

@@ -63,7 +63,7 @@ def test_fewer_folds_when_a_class_is_small(small_dataset, tmp_path):
 
 def test_needs_two_images_per_class_for_cross_validation(tmp_path):
     train_dir = make_images(tmp_path / "train", {"apple": 3, "berry": 1})
-    validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 1})
+    validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 1}, seed=1)
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, str(train_dir / "berry"), "at least 2 per class")
