@@ -387,7 +387,7 @@ def near_duplicates(hashes, other_hashes=None):
     for start in range(0, len(hashes), 1000):  # 1,000 rows at a time: little memory for any folder
         rows = signs[start:start + 1000]
         agree = np.maximum.reduce([rows[:, a] @ other_signs[:, b].T for a, b in ((0, 0), (0, 1), (1, 0))])
-        pairs += [(start + i, j) for i, j in np.argwhere(agree >= most_agreeing)
+        pairs += [(start + int(i), int(j)) for i, j in np.argwhere(agree >= most_agreeing)
                   if other_hashes is not None or start + i < j]
     return pairs
 

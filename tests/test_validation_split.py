@@ -1,0 +1,191 @@
+"""--validation-split: one folder split by name and seed, near-duplicates on one side; with two
+folders, near-duplicates across them, or across classes, warned about."""
+
+import io
+import shutil
+
+import h5py
+import joblib
+import pytest
+from PIL import Image, ImageEnhance
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+import image_files
+from helpers import MOBILENET_WEIGHTS, REPO, assert_one_line_error, make_images, run_in_process, stderr_lines
+
+CLASS_NAMES = ["apple", "berry"]
+SCRIPTS = ["FirstModel.py", "SecondModel.py", "SVMModel.py", "TransferModel.py"]
+
+
+def plant_copies(photo, folder, prefix):
+    """Near-duplicates of photo (a bundled image) in folder: resized, re-encoded, cropped, brightened."""
+    image = Image.open(photo).convert("RGB")
+    width, height = image.size
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = {"resized.png": image.resize((width // 2, height // 2)),
+              "cropped.png": image.crop((width // 20, height // 20, width - width // 20, height - height // 20)),
+              "brighter.png": ImageEnhance.Brightness(image).enhance(1.3)}
+    encoded = io.BytesIO()
+    image.save(encoded, "JPEG", quality=30)
+    (folder / f"{prefix}reencoded.jpg").write_bytes(encoded.getvalue())
+    for name, copy in copies.items():
+        copy.save(folder / f"{prefix}{name}")
+    return sorted(path.name for path in folder.glob(f"{prefix}*"))
+
+
+def split_of(train_dir, fraction=0.25, seed=5):
+    """{path within the folder: held out} of train_dir, as the scripts split it."""
+    (_, train_labels), (_, _, names), _ = image_files.read_training_and_validation(
+        str(train_dir), None, CLASS_NAMES, 32, fraction, seed)
+    paths = [str(path.relative_to(train_dir)) for path in sorted(train_dir.glob("*/*"))]
+    assert len(train_labels) + len(names) == len(paths)
+    return {path: path in names for path in paths}
+
+
+def test_split_is_repeatable_and_keeps_photos_on_their_side_when_photos_are_added(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 30, "berry": 30}, seed=1)
+    first = split_of(train_dir)
+    assert split_of(train_dir) == first
+    held_out = sum(first.values())
+    assert 6 <= held_out <= 24  # a quarter of 60, give or take what hashes give
+    assert split_of(train_dir, seed=6) != first
+
+    make_images(tmp_path / "more", {"apple": 40, "berry": 40}, seed=2)
+    for path in (tmp_path / "more").glob("*/*"):
+        shutil.move(path, train_dir / path.parent.name / f"new_{path.name}")
+    after = split_of(train_dir)
+    assert len(after) == 140
+    assert {path: after[path] for path in first} == first
+    assert sum(after.values()) > held_out  # new photos went to both sides
+
+
+def test_a_photo_moved_to_another_class_keeps_its_side(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 30, "berry": 30}, seed=1)
+    first = split_of(train_dir)
+    shutil.move(train_dir / "apple" / "apple_005.jpg", train_dir / "berry" / "apple_005.jpg")
+    assert split_of(train_dir)["berry/apple_005.jpg"] == first["apple/apple_005.jpg"]
+
+
+def test_resized_reencoded_cropped_and_brightened_copies_land_on_one_side(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 30, "berry": 30}, seed=1)
+    sides = set()
+    for number, photo in enumerate(sorted((REPO / "data" / "train" / "star").iterdir())[:6]):
+        copies = plant_copies(photo, train_dir / "apple", f"star{number}_")
+        shutil.copy(photo, train_dir / "apple" / f"star{number}_original{photo.suffix}")
+        split = split_of(train_dir)
+        group = {split[f"apple/{name}"] for name in copies + [f"star{number}_original{photo.suffix}"]}
+        assert len(group) == 1, number
+        sides |= group
+    assert sides == {True, False}  # groups go either way, not all to one side
+
+
+def test_two_folders_name_planted_near_duplicates_and_the_same_photo_in_two_classes(tmp_path):
+    train_dir = make_images(tmp_path / "train", {"apple": 6, "berry": 6}, seed=1)
+    validation_dir = make_images(tmp_path / "validation", {"apple": 3, "berry": 3}, seed=2)
+    stars = sorted((REPO / "data" / "train" / "star").iterdir())[:2]
+    for photo in stars:
+        shutil.copy(photo, train_dir / "apple" / photo.name)
+    planted = plant_copies(stars[0], validation_dir / "apple", "a_") + plant_copies(stars[1], validation_dir / "apple", "b_")
+    shutil.copy(stars[1], validation_dir / "berry" / "same_photo.png")  # the same photo, another class
+
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                            "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "svm.joblib", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = stderr_lines(result)
+    assert warnings[0] == ("warning: validation images that are near-duplicates of training images: "
+                           f"{len(planted) + 1}, so val_accuracy flatters the model; move each to the side "
+                           "of its pair, or remove it (the list is also in near_duplicates.tsv in the TensorBoard run):")
+    for name in planted:
+        assert any(line.startswith(f"{validation_dir / 'apple' / name}\tapple\t{train_dir / 'apple'}")
+                   for line in warnings), name
+    mixed = f"{validation_dir / 'berry' / 'same_photo.png'}\tberry\t{train_dir / 'apple' / stars[1].name}\tapple"
+    heading = warnings.index("warning: near-duplicate images in different classes: 1 pairs; one label of each pair "
+                             "is wrong, or the classes are too alike to tell apart:")
+    assert warnings[heading + 1:] == ["path\tclass\tnear-duplicate\tits class", mixed]
+    [run_dir] = (tmp_path / "logs").iterdir()
+    table = (run_dir / "near_duplicates.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 1 + len(planted) + 1 and mixed in table
+
+
+def test_an_unrelated_set_gives_no_near_duplicates():
+    """The bundled shapes: 341 training and 87 validation images, none a copy of another."""
+    images, _, _ = image_files.read_image_folder(REPO / "data" / "train", ["circle", "square", "star", "triangle"],
+                                                 150, "training")
+    hashes = image_files.perceptual_hashes(images)
+    validation, _, _ = image_files.read_image_folder(REPO / "data" / "validation",
+                                                     ["circle", "square", "star", "triangle"], 150, "validation")
+    assert image_files.near_duplicates(hashes) == []
+    assert image_files.near_duplicates(image_files.perceptual_hashes(validation), hashes) == []
+
+
+def test_long_lists_are_cut_at_20_lines_with_the_count():
+    table = image_files.near_duplicate_table([(f"v{index}.png", 0, f"t{index}.png", 0) for index in range(25)],
+                                             CLASS_NAMES)
+    lines = image_files.first_lines(table).splitlines()
+    assert len(lines) == 22 and lines[-2] == "v19.png\tapple\tt19.png\tapple" and lines[-1] == "and 5 more"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_one_folder_trains_with_validation_split(script, tmp_path, request):
+    train_dir = make_images(tmp_path / "photos", {"apple": 12, "berry": 12}, seed=1)
+    model_file = tmp_path / ("model.joblib" if script == "SVMModel.py" else "model.h5")
+    extra, constants = ["--epochs", 2, "--image-size", 32, "--batch-size", 4], None
+    if script == "SVMModel.py":
+        extra = []
+    if script == "TransferModel.py":
+        extra += ["--weights", request.getfixturevalue("keras_home") / "models" / MOBILENET_WEIGHTS]
+        constants = {"FEATURE_EPOCHS": 2, "FEATURE_LEARNING_RATE": 0.1}
+    result = run_in_process(script, "--train-dir", train_dir, "--validation-split", 0.25, "--seed", 3,
+                            "--log-dir", tmp_path / "logs", "--model-file", model_file, *extra,
+                            cwd=tmp_path, constants=constants)
+    assert result.returncode == 0, result.stderr
+    assert "Validation images per class: 25% of each class, by name and --seed" in result.stdout
+    [run_dir] = (tmp_path / "logs").iterdir()
+    listed = (run_dir / "validation_files.txt").read_text(encoding="utf-8").split()
+    assert listed == [name for name, held in split_of(train_dir, 0.25, 3).items() if held]
+    assert {name.split("/")[0] for name in listed} == {"apple", "berry"}
+    if script == "SVMModel.py":
+        assert joblib.load(model_file)["validation_split"] == "--validation-split 0.25 --seed 3"
+    else:
+        with h5py.File(model_file, "r") as saved:
+            assert saved.attrs["validation_split"] == "--validation-split 0.25 --seed 3"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_validation_dir_with_validation_split_is_a_one_line_error(script, tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 4, "berry": 4}, seed=1)
+    result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", train_dir,
+                            "--validation-split", 0.2, cwd=tmp_path)
+    assert_one_line_error(result, "--validation-dir and --validation-split cannot be used together")
+    result = run_in_process(script, "--train-dir", train_dir, "--validation-split", 1, cwd=tmp_path)
+    assert_one_line_error(result, "--validation-split 1.0 must be a fraction between 0 and 1")
+
+
+def test_a_class_left_without_validation_images_is_a_one_line_error(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 4, "berry": 2}, seed=1)
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-split", 0.05, cwd=tmp_path)
+    assert_one_line_error(result, "--validation-split 0.05 leaves no validation image in", "choose another fraction")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_resume_keeps_the_split(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 8, "berry": 8}, seed=1)
+    common = ["--train-dir", train_dir, "--image-size", 32, "--log-dir", tmp_path / "logs",
+              "--model-file", tmp_path / "model.h5"]
+    assert run_in_process("FirstModel.py", *common, "--validation-split", 0.3, "--epochs", 1,
+                          cwd=tmp_path).returncode == 0
+    result = run_in_process("FirstModel.py", *common, "--validation-split", 0.4, "--epochs", 2,
+                            "--initial-epoch", 1, cwd=tmp_path)
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'model.last.h5'}' with --validation-split 0.4 "
+                          "--seed 2018: it was trained with --validation-split 0.3 --seed 2018; resume it the same way")
+    result = run_in_process("FirstModel.py", *common, "--validation-split", 0.3, "--epochs", 2,
+                            "--initial-epoch", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 2/2" in result.stdout
+    run_dir = sorted((tmp_path / "logs").iterdir())[-1]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["validation_split"].number_value == 0.3
