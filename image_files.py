@@ -220,7 +220,7 @@ def check_image_folders(train_dir, validation_dir, fraction=None):
     """(class names, training counts, validation counts) of two folders fit to train on; with
     fraction (--validation-split), of train_dir alone, the validation counts told in words."""
     if fraction:
-        return (*check_image_folder(train_dir, "training"), f"{fraction:.0%} of each class, by name and --seed")
+        return (*check_image_folder(train_dir, "training"), f"{fraction:.0%} of each class above, by name and --seed")
     train_classes = class_names(train_dir, "training")
     validation_classes = class_names(validation_dir, "validation")
     if train_classes != validation_classes:
@@ -451,30 +451,32 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
         train, validation_images, validation_labels = (images[~side], labels[~side]), images[side], labels[side]
         names = [os.path.relpath(path, train_dir) for path, held in zip(paths, side) if held]
         run_files = {"validation_files.txt": "\n".join(readable_text(name) for name in names)}
-        notice(f"Held out for validation, near-duplicates kept together: {counts_per_class(validation_labels, class_names)}"
-               f"; left to train on: {counts_per_class(train[1], class_names)}")
+        notice(f"Held out for validation, near-duplicates together: {counts_per_class(validation_labels, class_names)}; "
+               f"left to train on: {counts_per_class(train[1], class_names)}")
     mixed = [pair for pair in pairs if pair[1] != pair[3]]
     if mixed:
         warn(f"near-duplicate images in different classes: {len(mixed)} pairs; one label of each pair is "
              f"wrong, or the classes are too alike to tell apart:\n{first_lines(near_duplicate_table(mixed, class_names))}")
     return train, (validation_images, validation_labels, names), {
-        **run_files, "near_duplicates.tsv": near_duplicate_table(pairs, class_names)}
+        **run_files, "near_duplicates.tsv": "\n".join(near_duplicate_table(pairs, class_names))}
 
 
 def counts_per_class(labels, class_names):
+    """{class name: how many of labels are its}."""
     return dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist()))
 
 
 def near_duplicate_table(pairs, class_names):
-    """A tab-separated line per pair (path, label, its near-duplicate's path, label)."""
-    return "\n".join(["path\tclass\tnear-duplicate\tits class"] + [
+    """Lines of a table, a tab-separated one per pair (path, label, its near-duplicate's path, label)."""
+    return (["path\tclass\tnear-duplicate\tits class"] + [
         f"{readable_text(path)}\t{class_names[label]}\t{readable_text(other)}\t{class_names[other_label]}"
         for path, label, other, other_label in pairs])
 
-def first_lines(table, limit=20):
-    """A table's heading and first limit lines, and how many more there are."""
-    lines = table.split("\n")
+
+def first_lines(lines, limit=20):
+    """A table's lines as text: its heading and first limit rows, and how many more there are."""
     return "\n".join(lines[:limit + 1] + ([f"and {len(lines) - limit - 1} more"] if len(lines) > limit + 1 else []))
+
 
 def list_images_to_predict(path):
     """The image at path, or every image under the folder path, in sorted path order."""
@@ -605,11 +607,9 @@ def mistakes(labels, predictions, confidences):
 def mistakes_table(names, labels, predictions, confidences, class_names, limit=20):
     """The mistakes, most confident first, one tab-separated line each: the image's name (readable
     text), its true class, the predicted class and the probability given to it; at most limit."""
-    found = mistakes(labels, predictions, confidences)
-    lines = ["path\ttrue class\tpredicted class\tprobability"] + [
+    return first_lines(["path\ttrue class\tpredicted class\tprobability"] + [
         f"{readable_text(names[index])}\t{class_names[labels[index]]}\t{class_names[predictions[index]]}\t"
-        f"{confidences[index]:.4f}" for index in found[:limit]]
-    return "\n".join(lines + ([f"and {len(found) - limit} more"] if len(found) > limit else []))
+        f"{confidences[index]:.4f}" for index in mistakes(labels, predictions, confidences)], limit)
 
 
 def label_issues(paths, labels, probabilities, class_names):

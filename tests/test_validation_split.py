@@ -122,7 +122,7 @@ def test_an_unrelated_set_gives_no_near_duplicates():
 def test_long_lists_are_cut_at_20_lines_with_the_count():
     table = image_files.near_duplicate_table([(f"v{index}.png", 0, f"t{index}.png", 0) for index in range(25)],
                                              CLASS_NAMES)
-    lines = image_files.first_lines(table).splitlines()
+    lines = image_files.first_lines(table).split("\n")
     assert len(lines) == 22 and lines[-2] == "v19.png\tapple\tt19.png\tapple" and lines[-1] == "and 5 more"
 
 
@@ -130,26 +130,45 @@ def test_long_lists_are_cut_at_20_lines_with_the_count():
 def test_one_folder_trains_with_validation_split(script, tmp_path, request):
     train_dir = make_images(tmp_path / "photos", {"apple": 12, "berry": 12}, seed=1)
     model_file = tmp_path / ("model.joblib" if script == "SVMModel.py" else "model.h5")
-    extra, constants = ["--epochs", 2, "--image-size", 32, "--batch-size", 4], None
-    if script == "SVMModel.py":
-        extra = []
+    run = ["--train-dir", train_dir, "--log-dir", tmp_path / "logs", "--model-file", model_file]
+    if script != "SVMModel.py":
+        run += ["--image-size", 32, "--batch-size", 4]
+    constants = None
     if script == "TransferModel.py":
-        extra += ["--weights", request.getfixturevalue("keras_home") / "models" / MOBILENET_WEIGHTS]
+        run += ["--weights", request.getfixturevalue("keras_home") / "models" / MOBILENET_WEIGHTS]
         constants = {"FEATURE_EPOCHS": 2, "FEATURE_LEARNING_RATE": 0.1}
-    result = run_in_process(script, "--train-dir", train_dir, "--validation-split", 0.25, "--seed", 3,
-                            "--log-dir", tmp_path / "logs", "--model-file", model_file, *extra,
-                            cwd=tmp_path, constants=constants)
+    result = run_in_process(script, *run, "--validation-split", 0.25, "--seed", 3,
+                            *([] if script == "SVMModel.py" else ["--epochs", 1]), cwd=tmp_path, constants=constants)
     assert result.returncode == 0, result.stderr
-    assert "Validation images per class: 25% of each class, by name and --seed" in result.stdout
+    assert "Validation images per class: 25% of each class above, by name and --seed" in result.stdout
     [run_dir] = (tmp_path / "logs").iterdir()
     listed = (run_dir / "validation_files.txt").read_text(encoding="utf-8").split()
     assert listed == [name for name, held in split_of(train_dir, 0.25, 3).items() if held]
     assert {name.split("/")[0] for name in listed} == {"apple", "berry"}
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["validation_split"].number_value == 0.25
     if script == "SVMModel.py":
         assert joblib.load(model_file)["validation_split"] == "--validation-split 0.25 --seed 3"
-    else:
-        with h5py.File(model_file, "r") as saved:
-            assert saved.attrs["validation_split"] == "--validation-split 0.25 --seed 3"
+        return
+    with h5py.File(model_file, "r") as saved:
+        assert saved.attrs["validation_split"] == "--validation-split 0.25 --seed 3"
+    if script != "FirstModel.py":
+        return
+    # --initial-epoch goes on with the same split, and refuses another.
+    result = run_in_process(script, *run, "--validation-split", 0.4, "--seed", 3, "--epochs", 2,
+                            "--initial-epoch", 1, cwd=tmp_path)
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'model.last.h5'}' with --validation-split 0.4 "
+                          "--seed 3: it was trained with --validation-split 0.25 --seed 3; resume it the same way")
+    result = run_in_process(script, *run, "--validation-dir", train_dir, "--epochs", 2, "--initial-epoch", 1,
+                            cwd=tmp_path)
+    assert_one_line_error(result, "on a validation folder: it was trained with --validation-split 0.25 --seed 3")
+    result = run_in_process(script, *run, "--validation-split", 0.25, "--seed", 3, "--epochs", 2,
+                            "--initial-epoch", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 2/2" in result.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -168,24 +187,3 @@ def test_a_class_left_without_validation_images_is_a_one_line_error(tmp_path):
     assert_one_line_error(result, "--validation-split 0.05 leaves no validation image in", "choose another fraction")
     assert not (tmp_path / "logs").exists()
 
-
-def test_a_resume_keeps_the_split(tmp_path):
-    train_dir = make_images(tmp_path / "photos", {"apple": 8, "berry": 8}, seed=1)
-    common = ["--train-dir", train_dir, "--image-size", 32, "--log-dir", tmp_path / "logs",
-              "--model-file", tmp_path / "model.h5"]
-    assert run_in_process("FirstModel.py", *common, "--validation-split", 0.3, "--epochs", 1,
-                          cwd=tmp_path).returncode == 0
-    result = run_in_process("FirstModel.py", *common, "--validation-split", 0.4, "--epochs", 2,
-                            "--initial-epoch", 1, cwd=tmp_path)
-    assert_one_line_error(result, f"cannot resume '{tmp_path / 'model.last.h5'}' with --validation-split 0.4 "
-                          "--seed 2018: it was trained with --validation-split 0.3 --seed 2018; resume it the same way")
-    result = run_in_process("FirstModel.py", *common, "--validation-split", 0.3, "--epochs", 2,
-                            "--initial-epoch", 1, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "Epoch 2/2" in result.stdout
-    run_dir = sorted((tmp_path / "logs").iterdir())[-1]
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    session = plugin_data_pb2.HParamsPluginData.FromString(
-        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["validation_split"].number_value == 0.3
