@@ -367,26 +367,36 @@ def check_validation_split(validation_dir, fraction, default_dir):
     return None
 
 
+# The parts of each image hashed, as the fractions (left, top, right, bottom) cut off: the whole, its
+# centre, and the whole less a strip on one side. A copy cropped by up to 5 % matches one of them.
+HASHED_PARTS = ((0, 0, 0, 0), (.02, .02, .02, .02), (.05, .05, .05, .05),
+                (.05, 0, 0, 0), (0, .05, 0, 0), (0, 0, .05, 0), (0, 0, 0, .05))
+
+
 def perceptual_hashes(images):
-    """(images, 2, 256) booleans: imagehash's pHash of each uint8 image and of its central 90 %,
-    which a copy cropped by a few percent keeps."""
+    """(images, parts, 256) booleans: imagehash's pHash of each HASHED_PARTS of each uint8 image."""
     import imagehash  # only runs that compare photos need it
-    margin = round(images.shape[1] * 0.05)
-    return np.array([[imagehash.phash(Image.fromarray(part), hash_size=16).hash.ravel()
-                      for part in (image, image[margin:-margin, margin:-margin])] for image in images])
+    side = images.shape[1]
+    return np.array([[imagehash.phash(Image.fromarray(image[round(side * top):side - round(side * bottom),
+                                                            round(side * left):side - round(side * right)]),
+                                      hash_size=16).hash.ravel()
+                      for left, top, right, bottom in HASHED_PARTS] for image in images])
 
 
 def near_duplicates(hashes, other_hashes=None):
     """Index pairs (i, j) of near-duplicate images: within hashes (i < j), or of hashes and
-    other_hashes. Two images are when at most NEAR_DUPLICATE_BITS bits differ between their
-    hashes, or between one's and the other's centre."""
+    other_hashes. Two images are when at most NEAR_DUPLICATE_BITS bits differ between one's
+    whole image and any hashed part of the other."""
     others = hashes if other_hashes is None else other_hashes
     signs, other_signs = (np.where(bits, 1, -1).astype(np.float32) for bits in (hashes, others))
     most_agreeing = hashes.shape[-1] - 2 * NEAR_DUPLICATE_BITS  # bits that agree less those that differ
+    compared = [(0, part) for part in range(len(HASHED_PARTS))] + [(part, 0) for part in range(1, len(HASHED_PARTS))]
     pairs = []
     for start in range(0, len(hashes), 1000):  # 1,000 rows at a time: little memory for any folder
         rows = signs[start:start + 1000]
-        agree = np.maximum.reduce([rows[:, a] @ other_signs[:, b].T for a, b in ((0, 0), (0, 1), (1, 0))])
+        agree = np.full((len(rows), len(others)), -np.inf, dtype=np.float32)
+        for part, other_part in compared:
+            np.maximum(agree, rows[:, part] @ other_signs[:, other_part].T, out=agree)
         pairs += [(start + int(i), int(j)) for i, j in np.argwhere(agree >= most_agreeing)
                   if other_hashes is not None or start + i < j]
     return pairs

@@ -19,12 +19,14 @@ SCRIPTS = ["FirstModel.py", "SecondModel.py", "SVMModel.py", "TransferModel.py"]
 
 
 def plant_copies(photo, folder, prefix):
-    """Near-duplicates of photo (a bundled image) in folder: resized, re-encoded, cropped, brightened."""
+    """Near-duplicates of photo (a bundled image) in folder: resized, re-encoded, cropped all round and
+    on one side, brightened."""
     image = Image.open(photo).convert("RGB")
     width, height = image.size
     folder.mkdir(parents=True, exist_ok=True)
     copies = {"resized.png": image.resize((width // 2, height // 2)),
               "cropped.png": image.crop((width // 20, height // 20, width - width // 20, height - height // 20)),
+              "trimmed.png": image.crop((0, 0, width - width // 20, height)),
               "brighter.png": ImageEnhance.Brightness(image).enhance(1.3)}
     encoded = io.BytesIO()
     image.save(encoded, "JPEG", quality=30)
