@@ -187,8 +187,9 @@ def class_names(data_dir, role):
         raise DataError(f"{role} folder '{data_dir}' is a file, not a folder: "
                         "name a folder with one sub-folder of images per class")
     if not os.path.isdir(data_dir):
-        raise DataError(f"{role} folder '{data_dir}' does not exist: "
-                        "create it with one sub-folder of images per class")
+        raise DataError(f"{role} folder '{data_dir}' does not exist: create it with one sub-folder of images "
+                        "per class" + (", or hold out photos of --train-dir with --validation-split 0.2"
+                                       if role == "validation" else ""))
     names = sorted(name for name in os.listdir(data_dir)
                    if not name.startswith(".") and os.path.isdir(os.path.join(data_dir, name)))
     if not names:

@@ -189,3 +189,10 @@ def test_a_class_left_without_validation_images_is_a_one_line_error(tmp_path):
     assert_one_line_error(result, "--validation-split 0.05 leaves no validation image in", "choose another fraction")
     assert not (tmp_path / "logs").exists()
 
+
+
+def test_one_folder_without_the_flag_is_told_of_it(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 4, "berry": 4}, seed=1)
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, cwd=tmp_path)
+    assert_one_line_error(result, "validation folder 'data/validation' does not exist",
+                          "or hold out photos of --train-dir with --validation-split 0.2")
