@@ -457,13 +457,14 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
         names = [os.path.relpath(path, validation_dir) for path in validation_paths]
         run_files = {}
     else:
-        side = held_out(train_dir, paths, labels, split_groups(len(paths), index_pairs),
-                        class_names, fraction, seed)
+        groups = split_groups(len(paths), index_pairs)
+        side = held_out(train_dir, paths, labels, groups, class_names, fraction, seed)
         train, validation_images, validation_labels = (images[~side], labels[~side]), images[side], labels[side]
         names = [os.path.relpath(path, train_dir) for path, held in zip(paths, side) if held]
         run_files = {"validation_files.txt": "\n".join(readable_text(name) for name in names)}
-        notice(f"Held out for validation, near-duplicates together: {counts_per_class(validation_labels, class_names)}; "
-               f"left to train on: {counts_per_class(train[1], class_names)}")
+        notice(f"Held out for validation: {counts_per_class(validation_labels, class_names)}; left to train on: "
+               f"{counts_per_class(train[1], class_names)}; groups of near-duplicates, each kept on one side "
+               f"(near_duplicates.tsv in the TensorBoard run): {np.sum(np.bincount(groups) > 1)}")
     mixed = [pair for pair in pairs if pair[1] != pair[3]]
     if mixed:
         warn(f"near-duplicate images in different classes: {len(mixed)} pairs; one label of each pair is "

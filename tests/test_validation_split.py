@@ -69,7 +69,7 @@ def test_a_photo_moved_to_another_class_keeps_its_side(tmp_path):
     assert split_of(train_dir)["berry/apple_005.jpg"] == first["apple/apple_005.jpg"]
 
 
-def test_resized_reencoded_cropped_and_brightened_copies_land_on_one_side(tmp_path):
+def test_resized_reencoded_cropped_and_brightened_copies_land_on_one_side(tmp_path, capsys):
     train_dir = make_images(tmp_path / "photos", {"apple": 30, "berry": 30}, seed=1)
     sides = set()
     for number, photo in enumerate(sorted((REPO / "data" / "train" / "star").iterdir())[:6]):
@@ -80,6 +80,8 @@ def test_resized_reencoded_cropped_and_brightened_copies_land_on_one_side(tmp_pa
         assert len(group) == 1, number
         sides |= group
     assert sides == {True, False}  # groups go either way, not all to one side
+    assert capsys.readouterr().out.splitlines()[-1].endswith("each kept on one side (near_duplicates.tsv in the "
+                                                             "TensorBoard run): 6")
 
 
 def test_two_folders_name_planted_near_duplicates_and_the_same_photo_in_two_classes(tmp_path):
@@ -143,6 +145,8 @@ def test_one_folder_trains_with_validation_split(script, tmp_path, request):
                             *([] if script == "SVMModel.py" else ["--epochs", 1]), cwd=tmp_path, constants=constants)
     assert result.returncode == 0, result.stderr
     assert "Validation images per class: 25% of each class above, by name and --seed" in result.stdout
+    assert "groups of near-duplicates, each kept on one side (near_duplicates.tsv in the TensorBoard run): 0" in (
+        result.stdout)
     [run_dir] = (tmp_path / "logs").iterdir()
     listed = (run_dir / "validation_files.txt").read_text(encoding="utf-8").split()
     assert listed == [name for name, held in split_of(train_dir, 0.25, 3).items() if held]
