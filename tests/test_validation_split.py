@@ -141,37 +141,37 @@ def test_one_folder_trains_with_validation_split(script, tmp_path, request):
     if script == "TransferModel.py":
         run += ["--weights", request.getfixturevalue("keras_home") / "models" / MOBILENET_WEIGHTS]
         constants = {"FEATURE_EPOCHS": 2, "FEATURE_LEARNING_RATE": 0.1}
-    result = run_in_process(script, *run, "--validation-split", 0.25, "--seed", 3,
+    result = run_in_process(script, *run, "--validation-split", 0.2, "--seed", 3,
                             *([] if script == "SVMModel.py" else ["--epochs", 1]), cwd=tmp_path, constants=constants)
     assert result.returncode == 0, result.stderr
-    assert "Validation images per class: 25% of each class above, by name and --seed" in result.stdout
+    assert "Validation images per class: 20% of each class above, by name and --seed" in result.stdout
     assert "groups of near-duplicates, each kept on one side (near_duplicates.tsv in the TensorBoard run): 0" in (
         result.stdout)
     [run_dir] = (tmp_path / "logs").iterdir()
     listed = (run_dir / "validation_files.txt").read_text(encoding="utf-8").split()
-    assert listed == [name for name, held in split_of(train_dir, 0.25, 3).items() if held]
+    assert listed == [name for name, held in split_of(train_dir, 0.2, 3).items() if held]
     assert {name.split("/")[0] for name in listed} == {"apple", "berry"}
     events = EventAccumulator(str(run_dir))
     events.Reload()
     session = plugin_data_pb2.HParamsPluginData.FromString(
         events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
-    assert session.hparams["validation_split"].number_value == 0.25
+    assert session.hparams["validation_split"].number_value == 0.2
     if script == "SVMModel.py":
-        assert joblib.load(model_file)["validation_split"] == "--validation-split 0.25 --seed 3"
+        assert joblib.load(model_file)["validation_split"] == "--validation-split 0.2 --seed 3"
         return
     with h5py.File(model_file, "r") as saved:
-        assert saved.attrs["validation_split"] == "--validation-split 0.25 --seed 3"
+        assert saved.attrs["validation_split"] == "--validation-split 0.2 --seed 3"
     if script != "FirstModel.py":
         return
     # --initial-epoch goes on with the same split, and refuses another.
     result = run_in_process(script, *run, "--validation-split", 0.4, "--seed", 3, "--epochs", 2,
                             "--initial-epoch", 1, cwd=tmp_path)
     assert_one_line_error(result, f"cannot resume '{tmp_path / 'model.last.h5'}' with --validation-split 0.4 "
-                          "--seed 3: it was trained with --validation-split 0.25 --seed 3; resume it the same way")
+                          "--seed 3: it was trained with --validation-split 0.2 --seed 3; resume it the same way")
     result = run_in_process(script, *run, "--validation-dir", train_dir, "--epochs", 2, "--initial-epoch", 1,
                             cwd=tmp_path)
-    assert_one_line_error(result, "on a validation folder: it was trained with --validation-split 0.25 --seed 3")
-    result = run_in_process(script, *run, "--validation-split", 0.25, "--seed", 3, "--epochs", 2,
+    assert_one_line_error(result, "on a validation folder: it was trained with --validation-split 0.2 --seed 3")
+    result = run_in_process(script, *run, "--validation-split", 0.2, "--seed", 3, "--epochs", 2,
                             "--initial-epoch", 1, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Epoch 2/2" in result.stdout
