@@ -467,7 +467,7 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
                f"(near_duplicates.tsv in the TensorBoard run): {np.sum(np.bincount(groups) > 1)}")
     mixed = [pair for pair in pairs if pair[1] != pair[3]]
     if mixed:
-        warn(f"near-duplicate images in different classes: {len(mixed)} pairs; one label of each pair is "
+        warn(f"pairs of near-duplicate images in different classes: {len(mixed)}; one label of each pair is "
              f"wrong, or the classes are too alike to tell apart:\n{first_lines(near_duplicate_table(mixed, class_names))}")
     return train, (validation_images, validation_labels, names), {
         **run_files, "near_duplicates.tsv": "\n".join(near_duplicate_table(pairs, class_names))}

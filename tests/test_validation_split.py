@@ -104,12 +104,25 @@ def test_two_folders_name_planted_near_duplicates_and_the_same_photo_in_two_clas
         assert any(line.startswith(f"{validation_dir / 'apple' / name}\tapple\t{train_dir / 'apple'}")
                    for line in warnings), name
     mixed = f"{validation_dir / 'berry' / 'same_photo.png'}\tberry\t{train_dir / 'apple' / stars[1].name}\tapple"
-    heading = warnings.index("warning: near-duplicate images in different classes: 1 pairs; one label of each pair "
-                             "is wrong, or the classes are too alike to tell apart:")
+    heading = warnings.index("warning: pairs of near-duplicate images in different classes: 1; one label of each "
+                             "pair is wrong, or the classes are too alike to tell apart:")
     assert warnings[heading + 1:] == ["path\tclass\tnear-duplicate\tits class", mixed]
     [run_dir] = (tmp_path / "logs").iterdir()
     table = (run_dir / "near_duplicates.tsv").read_text(encoding="utf-8").splitlines()
     assert len(table) == 1 + len(planted) + 1 and mixed in table
+
+
+def test_the_same_photo_in_two_classes_of_one_folder_is_named(tmp_path, capsys):
+    train_dir = make_images(tmp_path / "photos", {"apple": 10, "berry": 10}, seed=1)
+    star = sorted((REPO / "data" / "train" / "star").iterdir())[0]
+    shutil.copy(star, train_dir / "apple" / "star.png")
+    shutil.copy(star, train_dir / "berry" / "star copy.png")
+    split = split_of(train_dir, 0.5)
+    assert split["apple/star.png"] == split["berry/star copy.png"]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: pairs of near-duplicate images in different classes: 1; one label of each pair is wrong, or the "
+        "classes are too alike to tell apart:", "path\tclass\tnear-duplicate\tits class",
+        f"{train_dir / 'apple' / 'star.png'}\tapple\t{train_dir / 'berry' / 'star copy.png'}\tberry"]
 
 
 def test_an_unrelated_set_gives_no_near_duplicates():
