@@ -2,10 +2,12 @@
 folders, near-duplicates across them, or across classes, warned about."""
 
 import io
+import os
 import shutil
 
 import h5py
 import joblib
+import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -60,6 +62,17 @@ def test_split_is_repeatable_and_keeps_photos_on_their_side_when_photos_are_adde
     assert len(after) == 140
     assert {path: after[path] for path in first} == first
     assert sum(after.values()) > held_out  # new photos went to both sides
+
+
+def test_the_split_is_the_same_on_every_system():
+    """Pinned: a hash of 'seed/path within the class folder', '/' between folders on Windows too,
+    not Python's own hash() (another value in every process) nor the order files are listed in."""
+    names = {"cats": ["IMG_0001.jpg", "IMG_0002.jpg", os.path.join("holiday", "IMG_0003.jpg"), "IMG_0004.jpg"],
+             "dogs": ["a.png", "b.png", "c.png", "d.png"]}
+    paths = [os.path.join("photos", class_name, name) for class_name in names for name in names[class_name]]
+    held = image_files.held_out("photos", paths, np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.arange(8), list(names),
+                                0.5, 2018)
+    assert held.tolist() == [True, False, True, True, True, False, False, True]
 
 
 def test_a_photo_moved_to_another_class_keeps_its_side(tmp_path):
