@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import image_files
+import keras_tools
 from helpers import MOBILENET_WEIGHTS, REPO, assert_one_line_error, make_images, run_in_process, stderr_lines
 
 CLASS_NAMES = ["apple", "berry"]
@@ -226,3 +227,22 @@ def test_one_folder_without_the_flag_is_told_of_it(tmp_path):
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, cwd=tmp_path)
     assert_one_line_error(result, "validation folder 'data/validation' does not exist",
                           "or hold out photos of --train-dir with --validation-split 0.2")
+
+
+def test_check_labels_looks_at_the_whole_folder(tmp_path):
+    train_dir = make_images(tmp_path / "photos", {"apple": 12, "berry": 12}, seed=1)
+    wrong = train_dir / "berry" / "apple_005.jpg"  # held out by the split: only a check of the whole folder sees it
+    shutil.move(train_dir / "apple" / "apple_005.jpg", wrong)
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-split", 0.2, "--check-labels",
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    heading = lines.index("1 training images whose label looks wrong, the most suspect first (path, given class, "
+                          "its probability, likely class):")
+    assert lines[heading + 1].startswith(f"{wrong}\tberry\t") and lines[heading + 1].endswith("\tapple")
+
+
+def test_the_command_that_goes_on_after_a_stop_keeps_the_split():
+    command = keras_tools.command_line("FirstModel.py", {"train_dir": "photos", "validation_dir": None,
+                                                         "validation_split": 0.2, "seed": 3, "initial_epoch": 7})
+    assert command == "python FirstModel.py --train-dir photos --validation-split 0.2 --seed 3 --initial-epoch 7"
