@@ -19,12 +19,15 @@ import os
 import sys
 from pathlib import Path
 
-import keras_tools  # first: TensorFlow starts there, without its start-up chatter
+import runs
 
-import tensorflow as tf
+runs.start("ClassImageAugmentationSample.py")  # first: a stop is one line from now on, and TensorFlow starts quietly
+runs.on_stop("the images written so far are complete, and a new run tops up from there")
+
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
 
-import image_files
+import photos
+import reports
 
 TRAIN_DIR = "data/train"
 VALIDATION_DIR = "data/validation"
@@ -77,7 +80,7 @@ def copy_once(source_path, folder, name):
         source.seek(0)
         free_names = itertools.chain([candidate], (f"{stem}_{later}{extension}"
                                                    for later in itertools.count(number + 1)))
-        return image_files.save_new_file(source.read(), folder, free_names)
+        return photos.save_new_file(source.read(), folder, free_names)
 
 
 def top_up(source_dir, class_names, output_dir, target, augmentation):
@@ -93,14 +96,14 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         os.makedirs(class_output, exist_ok=True)
         # Only images that can be read are copied and augmented; the others are reported.
         originals = []
-        for name in image_files.list_images(class_source):
+        for name in photos.list_images(class_source):
             try:
-                image_files.read_rgb(os.path.join(class_source, name))
+                photos.read_rgb(os.path.join(class_source, name))
                 originals.append(name)
-            except image_files.DataError as error:
-                image_files.warn(f"{error}; skipped")
+            except runs.DataError as error:
+                runs.warn(f"{error}; skipped")
         if not originals:
-            raise image_files.DataError(f"class folder '{class_source}' has no readable images: "
+            raise runs.DataError(f"class folder '{class_source}' has no readable images: "
                                           "replace the files warned about above")
         # Each original is copied once, sub-folders and all (2019/a.jpg stays 2019/a.jpg);
         # under another name if its own holds another image (a Random_0001.jpg from before).
@@ -112,7 +115,7 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
             if copy_path and copy_path != os.path.join(class_output, name):
                 print(f"{source_path}: copied as {copy_path}, its name being taken by another image")
 
-        count = len(image_files.list_images(class_output))
+        count = len(photos.list_images(class_output))
         if count >= target:
             print(f"{class_output}: {count} images, at or above the target of {target}; left alone")
             continue
@@ -120,13 +123,13 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
         for number in range(target - count):
             # Take the originals in turn, so that each one is augmented about as often.
             original_name = originals[number % len(originals)]
-            original = image_files.read_rgb(os.path.join(class_source, original_name))
+            original = photos.read_rgb(os.path.join(class_source, original_name))
             copy = array_to_img(augmentation.random_transform(img_to_array(original)))
-            copy_path = image_files.save_new_jpeg(copy, class_output, PREFIX)
+            copy_path = photos.save_new_jpeg(copy, class_output, PREFIX)
             if number < EXAMPLES_PER_CLASS:
                 pictures += [original, copy]
                 captions += [f"{class_name}/{original_name}", os.path.basename(copy_path)]
-        print(f"{class_output}: {len(image_files.list_images(class_output))} images")
+        print(f"{class_output}: {len(photos.list_images(class_output))} images")
     return pictures, captions
 
 
@@ -134,17 +137,17 @@ def main():
     args = parse_args()
     # Check both folders before writing anything.
     if args.train_target < 0 or args.validation_target < 0:
-        raise image_files.DataError("--train-target and --validation-target must be 0 or more")
-    class_names, _, _ = image_files.check_image_folders(args.train_dir, args.validation_dir)
+        raise runs.DataError("--train-target and --validation-target must be 0 or more")
+    class_names, _, _ = photos.check_image_folders(args.train_dir, args.validation_dir)
     # The balanced copy goes beside the originals, never among them (nor they in it).
     for source_dir in (args.train_dir, args.validation_dir):
         for role in ("train", "validation"):
             source, output = Path(source_dir).resolve(), Path(args.output_dir, role).resolve()
             if output.is_relative_to(source) or source.is_relative_to(output):
-                raise image_files.DataError(
+                raise runs.DataError(
                     f"--output-dir '{args.output_dir}' would put images in or over '{source_dir}': "
                     "choose an output folder outside the training and validation folders")
-    image_files.check_log_folder(args.log_dir)
+    reports.check_log_folder(args.log_dir)
     augmentation = ImageDataGenerator(
         rotation_range=ROTATION_RANGE,
         width_shift_range=WIDTH_SHIFT_RANGE,
@@ -160,14 +163,13 @@ def main():
         pictures, captions = top_up(source_dir, class_names, os.path.join(args.output_dir, role),
                                     target, augmentation)
         if pictures:
-            grids[role] = image_files.picture_grid(pictures, captions, columns=2, tile=170)
+            grids[role] = reports.picture_grid(pictures, captions, columns=2, tile=170)
 
     # Before and after, side by side in TensorBoard: originals beside their copies.
     if grids:
-        run_dir = image_files.new_run_folder(args.log_dir, "ClassImageAugmentationSample")
-        run_log = tf.summary.create_file_writer(run_dir)
+        run_dir = reports.new_run_folder(args.log_dir, "ClassImageAugmentationSample")
         for role, grid in grids.items():
-            keras_tools.log_picture(run_log, f"before_and_after_augmentation/{role}", grid, step=0,
+            reports.log_picture(run_dir, f"before_and_after_augmentation/{role}", grid, step=0,
                                     description="Each original, then an augmented copy of it.")
         print(f"TensorBoard run: {run_dir}")
 
@@ -175,8 +177,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_files.DataError, OSError) as error:
-        sys.exit(image_files.readable_text(f"ClassImageAugmentationSample.py: error: {error}"))
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
-        image_files.exit_stopped("ClassImageAugmentationSample.py: interrupted; the images written so far "
-                                 "are complete, and a new run tops up from there", image_files.signal_of(stop))
+    except (runs.DataError, OSError) as error:
+        sys.exit(runs.readable_text(f"ClassImageAugmentationSample.py: error: {error}"))

@@ -13,14 +13,19 @@ Edit the constants below and run again; every run gets its own TensorBoard folde
 
 import argparse
 import sys
+import time
 
-import keras_tools  # first: TensorFlow starts there, without its start-up chatter
+import runs
+
+runs.start("FirstModel.py")  # first: a stop is one line from now on, and TensorFlow starts quietly
 
 import keras
 import numpy as np
 from keras import layers
 
-import image_files
+import photos
+import reports
+import training
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -73,7 +78,10 @@ def parse_args():
                              "--train-dir, the same photos for the same --seed, near-duplicates together")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="the epoch to stop after")
     parser.add_argument("--initial-epoch", type=int, default=INITIAL_EPOCH,
-                        help="epochs already done by the model in --model-file, to resume it")
+                        help="epochs a finished run of --model-file did, to go on to --epochs")
+    parser.add_argument("--restart", action="store_true",
+                        help="start again, keeping an unfinished run of --model-file aside (a stopped run "
+                             "otherwise goes on when the same command is run again)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
@@ -93,7 +101,7 @@ def parse_args():
                              f"{CHECK_LABELS_EPOCHS} epochs, about as long as one training run); "
                              f"nothing is moved or changed")
     args = parser.parse_args()
-    args.validation_dir = image_files.check_validation_split(args.validation_dir, args.validation_split,
+    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split,
                                                              VALIDATION_DIR)
     return args
 
@@ -128,11 +136,10 @@ def compile_model(model):
     )
 
 
-def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
-    """What runs beside fit: TensorBoard's scalars, the epoch kept, the validation report."""
-    # best_epoch before validation_report: it puts the kept epoch back in the model, which the
-    # report then describes.
-    callbacks = [keras.callbacks.TensorBoard(log_dir=run_dir), best_epoch, validation_report]
+def make_callbacks(run_dir, best_epoch, validation_report, checkpoint):
+    """What runs beside fit: TensorBoard's scalars, the epoch kept, the validation report, and the
+    run's state saved after every epoch, last, as the others leave it."""
+    callbacks = [reports.TensorBoard(log_dir=run_dir), best_epoch, validation_report]
     # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
     if REDUCE_LR_PATIENCE:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -141,13 +148,15 @@ def make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c):
     if EARLY_STOPPING_PATIENCE:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss",
                                                        patience=EARLY_STOPPING_PATIENCE))
-    return callbacks + [stop_on_ctrl_c]  # last: it keeps each epoch as the others left it
+    return callbacks + [checkpoint]
 
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    images, labels, paths, class_names, folds = keras_tools.label_check_folds(
-        args, AUGMENTATION, CHECK_LABELS_EPOCHS, CHECK_LABELS_FOLDS)
+    photos.check_seed(args.seed)
+    training.check_training_settings(CHECK_LABELS_EPOCHS, 0, args.batch_size, args.image_size, AUGMENTATION)
+    images, labels, paths, class_names, folds = training.label_check_folds(
+        args.train_dir, args.image_size, args.seed, CHECK_LABELS_FOLDS)
     keras.utils.set_random_seed(args.seed)
     print(f"Training {len(folds)} models of {CHECK_LABELS_EPOCHS} epochs, each on all the training images "
           "but a fold, to classify that fold")
@@ -155,83 +164,113 @@ def check_labels(args):
     for fold, (trained_on, held_out) in enumerate(folds):
         model = build_model(args.image_size, len(class_names))
         compile_model(model)
-        model.fit(keras_tools.training_batches(images[trained_on], labels[trained_on], len(class_names),
-                                               args.batch_size, args.seed + fold, AUGMENTATION),
+        model.fit(training.training_batches(images[trained_on], labels[trained_on], len(class_names),
+                                            args.batch_size, args.seed + fold, AUGMENTATION),
                   epochs=CHECK_LABELS_EPOCHS, shuffle=False, verbose=0)
-        # Called, 64 at a time, not predict(): that would trace a new function for each fold's model.
-        probabilities[held_out] = np.concatenate([
-            model(keras_tools.network_input(images[held_out[start:start + 64]]))
-            for start in range(0, len(held_out), 64)])
+        probabilities[held_out] = training.probabilities(model, images[held_out])
         print(f"Fold {fold + 1} of {len(folds)} done", flush=True)
-    return image_files.label_issues(paths, labels, probabilities, class_names)
+    return reports.label_issues(paths, labels, probabilities, class_names)
 
 
 def main():
     args = parse_args()
     if args.predict:
-        for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
-            print(f"{image_files.readable_text(path)}\t{class_name}\t{probability:.4f}")
+        for path, class_name, probability in zip(*training.predict(args.model_file, args.predict)):
+            print(f"{runs.readable_text(path)}\t{class_name}\t{probability:.4f}")
         return
     if args.check_labels:
         print(check_labels(args))
         return
-    class_names, data_summary = keras_tools.check_run(args, AUGMENTATION)
-    print(data_summary)
-    keras.utils.set_random_seed(args.seed + args.initial_epoch)
 
-    # Augmented in memory; validation images are not, and come in a fixed order so that
-    # val_loss compares epoch to epoch.
-    (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files, seconds = (
-        keras_tools.read_run_images(args, class_names))
-    print(f"Read {len(train_images) + len(validation_images)} images in {seconds:.1f} s")
-    train_batches = keras_tools.training_batches(train_images, train_labels, len(class_names),
-                                                 args.batch_size, args.seed + args.initial_epoch,
-                                                 AUGMENTATION)
-    validation_batches = keras_tools.validation_batches(validation_images, validation_labels,
-                                                        len(class_names), args.batch_size)
+    # Check the folders and settings before anything slow starts.
+    class_names, train_counts, validation_counts = photos.check_image_folders(
+        args.train_dir, args.validation_dir, args.validation_split)
+    runs.check_output_file(args.model_file, ".h5")
+    reports.check_log_folder(args.log_dir)
+    photos.check_seed(args.seed)
+    training.check_training_settings(args.epochs, args.initial_epoch, args.batch_size, args.image_size, AUGMENTATION)
+    print(f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\nValidation images per "
+          f"class: {validation_counts or f'{args.validation_split:.0%} of each class above, by name and --seed'}")
+    # What a run must repeat to go on after a stop, and what TensorBoard's HParams dashboard shows.
+    settings = {
+        "script": "FirstModel", "classes": ", ".join(class_names), "train_dir": args.train_dir,
+        "validation_dir": args.validation_dir or "", "validation_split": args.validation_split or 0.0,
+        "seed": args.seed, "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch, "optimizer": "Adadelta", "learning_rate": LEARNING_RATE,
+        "conv_dropout": 0.0, "dense_dropout": DROPOUT, "reduce_lr_patience": REDUCE_LR_PATIENCE,
+        "early_stopping_patience": EARLY_STOPPING_PATIENCE, "class_weights": False, **AUGMENTATION}
+    split = photos.split_of(args.validation_split, args.seed)
 
-    if args.initial_epoch > 0:
-        model, best_epoch = keras_tools.load_run(args.model_file, args.image_size, len(class_names),
-                                                 compile_model)
-        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
-    else:
-        model = build_model(args.image_size, len(class_names))
-        compile_model(model)
-        best_epoch = keras_tools.BestEpoch()  # the epoch of highest val_accuracy: the model kept
-    model.summary()
+    with runs.lock(args.model_file):
+        # A stopped run of the same command goes on from its last complete epoch.
+        best_epoch = training.BestEpoch()  # the epoch of highest val_accuracy: the model kept
+        checkpoint = training.Checkpoint(args.model_file, settings, best_epoch, args.initial_epoch, args.restart)
+        if checkpoint.moved_aside:
+            print(f"Starting again; the unfinished run is kept aside as {checkpoint.moved_aside}")
+        if not checkpoint.recorded:
+            training.check_resume(args.model_file, args.initial_epoch, split)
+        keras.utils.set_random_seed(args.seed + checkpoint.epoch)
 
-    run_dir, run_log = keras_tools.start_run(args, "FirstModel", {
-        "optimizer": "Adadelta", "learning_rate": LEARNING_RATE, "conv_dropout": 0.0, "dense_dropout": DROPOUT,
-        "reduce_lr_patience": REDUCE_LR_PATIENCE, "early_stopping_patience": EARLY_STOPPING_PATIENCE,
-        "class_weights": False}, class_names, train_images, train_labels, AUGMENTATION, run_files)
-    print(f"TensorBoard run: {run_dir}")
-    validation_report = keras_tools.ValidationReport(run_log, validation_batches, validation_images,
+        # Augmented in memory; validation images are not, and come in a fixed order so that
+        # val_loss compares epoch to epoch.
+        started = time.perf_counter()
+        (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
+            photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names, args.image_size,
+                                                args.validation_split, args.seed))
+        print(f"Read {len(train_images) + len(validation_images)} images in {time.perf_counter() - started:.1f} s")
+        train_batches = training.training_batches(train_images, train_labels, len(class_names), args.batch_size,
+                                                  args.seed + checkpoint.epoch, AUGMENTATION)
+        validation_batches = training.validation_batches(validation_images, validation_labels, len(class_names),
+                                                         args.batch_size)
+
+        if args.initial_epoch and not checkpoint.recorded:
+            model = training.load_run(args.model_file, args.image_size, len(class_names), compile_model, best_epoch)
+            print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+        else:
+            model = build_model(args.image_size, len(class_names))
+            compile_model(model)
+            if checkpoint.recorded:
+                checkpoint.restore(model)
+                print(f"Going on from epoch {checkpoint.epoch} of an unfinished run ({checkpoint.path})")
+        model.summary()
+
+        checkpoint.run_dir = reports.start_run(args.log_dir, "FirstModel", settings, class_names, train_images,
+                                               train_labels, AUGMENTATION, args.seed, run_files, checkpoint.run_dir)
+        print(f"TensorBoard run: {checkpoint.run_dir}")
+        validation_report = reports.ValidationReport(checkpoint.run_dir, validation_batches, validation_images,
                                                      validation_labels, validation_names, class_names,
                                                      CONFUSION_MATRIX_EVERY)
-    stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
-    keras_tools.fit_until_stopped(
-        model, make_callbacks(run_dir, validation_report, best_epoch, stop_on_ctrl_c), stop_on_ctrl_c,
-        train_batches,
-        validation_data=validation_batches,
-        epochs=args.epochs,
-        initial_epoch=args.initial_epoch,
-        shuffle=False,  # training_batches shuffles every epoch itself
-        verbose=2,
-    )
+        model.fit(
+            train_batches,
+            validation_data=validation_batches,
+            epochs=args.epochs,
+            initial_epoch=checkpoint.epoch,
+            shuffle=False,  # training_batches shuffles every epoch itself
+            callbacks=make_callbacks(checkpoint.run_dir, best_epoch, validation_report, checkpoint),
+            verbose=2,
+        )
 
-    # The model is the epoch of highest val_accuracy (2018: the last); the last is saved beside it.
-    report, stop = keras_tools.save_training(model, sys.argv[0], vars(args), MODEL_FILE, class_names,
-                                             best_epoch, stop_on_ctrl_c, validation_report, run_dir)
-    if report:
-        print(report)
-    if stop:
-        image_files.exit_stopped(*stop)
+        # The model kept is the epoch of highest val_accuracy (2018: the last); the last is saved beside it.
+        last = (checkpoint.epoch, checkpoint.last_metrics, model.get_weights())
+        kept_epoch, kept_metrics, kept_weights = kept = best_epoch.kept(*last)
+        model.set_weights(kept_weights)
+        report, mistakes = validation_report.describe(training.probabilities(model, validation_images),
+                                                      checkpoint.epoch - 1)
+        saved = training.save_model_files(model, args.model_file, class_names, kept, last, split)
+        checkpoint.remove()
+    runs.on_stop(f"the model is saved in {args.model_file}")
+
+    print(f"Saved {', '.join(saved)}\nKept in {args.model_file}: epoch {kept_epoch} of {checkpoint.epoch}, the one of "
+          f"highest val_accuracy; the last epoch, which --initial-epoch goes on from, is in {saved[2]}")
+    print(f"To classify photos with it: python {sys.argv[0]} --predict PHOTOS"
+          + ("" if args.model_file == MODEL_FILE else f" --model-file {args.model_file}"))
+    print(f"Validation set, per class:\n{report}\nMisclassified validation images, most confident first:\n{mistakes}")
+    # The last line sums the kept epoch up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {kept_metrics[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (image_files.DataError, OSError) as error:
-        sys.exit(image_files.readable_text(f"FirstModel.py: error: {error}"))
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP, before training or a second one
-        image_files.exit_stopped("FirstModel.py: interrupted; nothing saved", image_files.signal_of(stop))
+    except (runs.DataError, OSError) as error:
+        sys.exit(runs.readable_text(f"FirstModel.py: error: {error}"))

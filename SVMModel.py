@@ -19,7 +19,9 @@ import os
 import sys
 import time
 
-import keras_tools  # first: TensorFlow starts there, without its start-up chatter
+import runs
+
+runs.start("SVMModel.py")  # first: a stop is one line from now on, and TensorFlow starts quietly
 
 import joblib
 import numpy as np
@@ -34,7 +36,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-import image_files
+import photos
+import reports
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -83,7 +86,7 @@ def parse_args():
                              "wrong, the most suspect first: each image is classified by SVMs that "
                              "did not see it (cross-validation, seconds); nothing is moved or changed")
     args = parser.parse_args()
-    args.validation_dir = image_files.check_validation_split(args.validation_dir, args.validation_split,
+    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split,
                                                              VALIDATION_DIR)
     return args
 
@@ -147,23 +150,23 @@ def feature_columns(kinds):
 
 def predict(model_file, path):
     """Classify the image or folder at path with the SVM saved in model_file."""
-    paths = image_files.list_images_to_predict(path)
+    paths = photos.list_images_to_predict(path)
     if not os.path.isfile(model_file):
-        raise image_files.DataError(f"no model '{model_file}': train one first with "
+        raise runs.DataError(f"no model '{model_file}': train one first with "
                                     "python SVMModel.py, or name one with --model-file")
     try:
         saved = joblib.load(model_file)
         model, probabilities = saved["pipeline"], saved["probabilities"]
         class_names, settings = saved["class_names"], saved["features"]
     except Exception as error:  # joblib raises many kinds on a file it did not write
-        raise image_files.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
+        raise runs.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
                                     f"({type(error).__name__}): name another with --model-file") from None
-    images, paths = image_files.read_images_to_predict(paths, settings["image_size"])
+    images, paths = photos.read_images_to_predict(paths, settings["image_size"])
     image_features = np.hstack(list(features(images, settings).values()))
     predictions = model.predict(image_features)
     class_probabilities = probabilities.predict_proba(image_features)
     for path, predicted, row in zip(paths, predictions, class_probabilities):
-        print(f"{image_files.readable_text(path)}\t{class_names[predicted]}\t{row[predicted]:.4f}")
+        print(f"{runs.readable_text(path)}\t{class_names[predicted]}\t{row[predicted]:.4f}")
 
 
 def cross_validation_folds(labels, class_names, train_dir, seed):
@@ -171,7 +174,7 @@ def cross_validation_folds(labels, class_names, train_dir, seed):
     class_counts = np.bincount(labels, minlength=len(class_names))
     if class_counts.min() < 2:
         smallest = class_names[int(class_counts.argmin())]
-        raise image_files.DataError(
+        raise runs.DataError(
             f"training class folder '{os.path.join(train_dir, smallest)}' has "
             f"{class_counts.min()} readable image: cross-validation needs at least 2 per class")
     return StratifiedKFold(n_splits=min(CV_FOLDS, class_counts.min()), shuffle=True, random_state=seed)
@@ -190,14 +193,14 @@ def fit_svm(kinds, labels, folds):
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    class_names, _ = image_files.check_image_folder(args.train_dir, "training")
-    image_files.check_seed(args.seed)
-    images, labels, paths = image_files.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
+    class_names, _ = photos.check_image_folder(args.train_dir, "training")
+    photos.check_seed(args.seed)
+    images, labels, paths = photos.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
                                                           "training")
     kinds = features(images, FEATURES)
     folds = cross_validation_folds(labels, class_names, args.train_dir, args.seed)
     if np.bincount(labels).min() < 3:
-        raise image_files.DataError(f"'{args.train_dir}' has a class of 2 readable images: "
+        raise runs.DataError(f"'{args.train_dir}' has a class of 2 readable images: "
                                     "--check-labels needs at least 3 per class")
     search = fit_svm(kinds, labels, folds)
     # Each image's class probabilities from the chosen SVM trained on the other folds, its scores
@@ -205,7 +208,7 @@ def check_labels(args):
     calibrated = CalibratedClassifierCV(clone(search.best_estimator_), ensemble=False, cv=2)
     probabilities = cross_val_predict(calibrated, np.hstack(list(kinds.values())), labels, cv=folds,
                                       method="predict_proba")
-    return image_files.label_issues(paths, labels, probabilities, class_names)
+    return reports.label_issues(paths, labels, probabilities, class_names)
 
 
 def main():
@@ -218,19 +221,18 @@ def main():
         return
 
     # Check the folders before anything slow starts.
-    class_names, train_counts, validation_counts = image_files.check_image_folders(
+    class_names, train_counts, validation_counts = photos.check_image_folders(
         args.train_dir, args.validation_dir, args.validation_split)
-    image_files.check_output_file(args.model_file, ".joblib")
-    image_files.check_log_folder(args.log_dir)
-    image_files.check_seed(args.seed)
-    print(f"Classes: {', '.join(class_names)}")
-    print(f"Training images per class: {train_counts}")
-    print(f"Validation images per class: {validation_counts}")
+    runs.check_output_file(args.model_file, ".joblib")
+    reports.check_log_folder(args.log_dir)
+    photos.check_seed(args.seed)
+    print(f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\nValidation images per "
+          f"class: {validation_counts or f'{args.validation_split:.0%} of each class above, by name and --seed'}")
 
     # The same images as the CNNs get, read and split the same way, at the size the features need.
     started = time.perf_counter()
     (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
-        image_files.read_training_and_validation(args.train_dir, args.validation_dir, class_names,
+        photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names,
                                                  FEATURES["image_size"], args.validation_split, args.seed))
     print(f"Read {len(train_images) + len(validation_images)} images in "
           f"{time.perf_counter() - started:.1f} s")
@@ -255,51 +257,46 @@ def main():
     predictions = model.predict(validation_features)
     validation_probabilities = probabilities.predict_proba(validation_features)
     validation_accuracy = np.mean(predictions == validation_labels)
-    report = keras_tools.report_table(validation_labels, predictions, class_names)
+    report = reports.report_table(validation_labels, predictions, class_names)
     elapsed = time.perf_counter() - started
     print(f"Validation set, per class:\n{report}")
     print("Confusion matrix (rows: true class, columns: predicted class, in the order above):")
     print(confusion_matrix(validation_labels, predictions, labels=range(len(class_names))))
 
     # TensorBoard: the accuracies under the CNN runs' tag names, so that they sit side by side.
-    run_dir = image_files.new_run_folder(args.log_dir, "SVMModel", run_files)
+    run_dir = reports.new_run_folder(args.log_dir, "SVMModel", run_files)
     print(f"TensorBoard run: {run_dir}")
-    run_log = tf.summary.create_file_writer(run_dir)
-    keras_tools.log_hparams(run_log, run_dir, {
+    reports.log_hparams(run_dir, {
         "script": "SVMModel", "train_dir": args.train_dir, "validation_dir": args.validation_dir or "",
         "validation_split": args.validation_split or 0.0,
         **FEATURES, "svm_c": float(search.best_params_["svc__C"]),
         "svm_gamma": str(search.best_params_["svc__gamma"]), "class_weights": CLASS_WEIGHT == "balanced",
         "seed": args.seed}, class_names, train_labels)
     for folder, accuracy in (("train", train_accuracy), ("validation", validation_accuracy)):
-        with keras_tools.written(tf.summary.create_file_writer(os.path.join(run_dir, folder))):
+        with reports.written(os.path.join(run_dir, folder)):
             tf.summary.scalar("epoch_accuracy", accuracy, step=0)
-    _, confidences = keras_tools.log_validation(run_log, validation_images, validation_labels,
+    _, confidences = reports.log_validation(run_dir, validation_images, validation_labels,
                                                 validation_probabilities, validation_names, class_names,
                                                 "validation set, SVM", 0, predictions)
-    mistakes = image_files.mistakes_table(validation_names, validation_labels, predictions, confidences,
+    mistakes = reports.mistakes_table(validation_names, validation_labels, predictions, confidences,
                                           class_names)
-    keras_tools.log_text(run_log, "classification_report", report, step=0)
-    keras_tools.log_text(run_log, "misclassified_validation_list", f"```\n{mistakes}\n```", step=0)
+    reports.log_text(run_dir, "classification_report", report, step=0)
+    reports.log_text(run_dir, "misclassified_validation_list", f"```\n{mistakes}\n```", step=0)
     print(f"Misclassified validation images, most confident first:\n{mistakes}")
 
-    # Save the fitted pipeline with what --predict needs to use it; a stop now waits for it.
-    with image_files.stops_held_off() as late_stops:
-        image_files.save_files_atomically({args.model_file: lambda path: joblib.dump(
-            {"pipeline": model, "probabilities": probabilities, "class_names": class_names,
-             "features": FEATURES, "validation_split": keras_tools.split_of(vars(args))}, path)})
-        print(f"Saved {args.model_file}")
-        # The last line sums the run up, like the CNN scripts' last line.
-        print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - "
-              f"time: {elapsed:.1f} s")
-    if late_stops:
-        image_files.exit_stopped(f"Stopped after the model was saved in {args.model_file}", late_stops[0])
+    # Save the fitted pipeline with what --predict needs to use it, whole.
+    with runs.lock(args.model_file):
+        runs.write_whole({args.model_file: lambda path: joblib.dump(
+            {"pipeline": model, "probabilities": probabilities, "class_names": class_names, "features": FEATURES,
+             "validation_split": photos.split_of(args.validation_split, args.seed)}, path)})
+    runs.on_stop(f"the model is saved in {args.model_file}")
+    print(f"Saved {args.model_file}")
+    # The last line sums the run up, like the CNN scripts' last line.
+    print(f"accuracy: {train_accuracy:.4f} - val_accuracy: {validation_accuracy:.4f} - time: {elapsed:.1f} s")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (image_files.DataError, OSError) as error:
-        sys.exit(image_files.readable_text(f"SVMModel.py: error: {error}"))
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
-        image_files.exit_stopped("SVMModel.py: interrupted; nothing saved", image_files.signal_of(stop))
+    except (runs.DataError, OSError) as error:
+        sys.exit(runs.readable_text(f"SVMModel.py: error: {error}"))

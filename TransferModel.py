@@ -20,13 +20,17 @@ import sys
 import time
 import warnings
 
-import keras_tools  # first: TensorFlow starts there, without its start-up chatter
+import runs
+
+runs.start("TransferModel.py")  # first: a stop is one line from now on, and TensorFlow starts quietly
 
 import keras
 import numpy as np
 from keras import layers
 
-import image_files
+import photos
+import reports
+import training
 
 # Data and outputs.
 TRAIN_DIR = "data/train"
@@ -91,7 +95,10 @@ def parse_args():
     parser.add_argument("--epochs", type=int, default=EPOCHS,
                         help=f"the epoch to stop after; above {FEATURE_EPOCHS}, stage 2")
     parser.add_argument("--initial-epoch", type=int, default=INITIAL_EPOCH,
-                        help="epochs already done by the model in --model-file, to resume it")
+                        help="epochs a finished run of --model-file did, to go on to --epochs")
+    parser.add_argument("--restart", action="store_true",
+                        help="start again, keeping an unfinished run of --model-file aside (a stopped run "
+                             "otherwise goes on when the same command is run again)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
     parser.add_argument("--log-dir", default=LOG_DIR, help="TensorBoard runs go in sub-folders")
@@ -112,7 +119,7 @@ def parse_args():
                              f"classifier trained on the features of the others ({CHECK_LABELS_FOLDS} "
                              f"folds, seconds); nothing is moved or changed")
     args = parser.parse_args()
-    args.validation_dir = image_files.check_validation_split(args.validation_dir, args.validation_split,
+    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split,
                                                              VALIDATION_DIR)
     return args
 
@@ -123,7 +130,7 @@ def load_base(image_size, weights_file):
     cache = os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
                          "models")
     if weights_file and not os.path.isfile(weights_file):
-        raise image_files.DataError(f"--weights '{weights_file}' is not a file")
+        raise runs.DataError(f"--weights '{weights_file}' is not a file")
     try:
         with warnings.catch_warnings():  # a file of other shapes: a warning a layer, then the error
             warnings.simplefilter("ignore")
@@ -135,11 +142,11 @@ def load_base(image_size, weights_file):
         if message.startswith("URL fetch failure on "):
             address, reason = message.removeprefix("URL fetch failure on ").split(": ", 1)
             reason = reason.removeprefix("None -- ")  # urllib gives no error number offline
-            raise image_files.DataError(
+            raise runs.DataError(
                 f"cannot download {BACKBONE}'s ImageNet weights ({reason}): fetch {address} on a machine "
                 f"with internet access and put it in '{cache}', or name a copy with --weights FILE") from None
         source = f"'{weights_file}'" if weights_file else f"the {BACKBONE} file in '{cache}'"
-        raise image_files.DataError(
+        raise runs.DataError(
             f"{source} does not hold {BACKBONE}'s ImageNet weights without its top at this --image-size "
             f"({type(error).__name__}: {message[:200]}); download it again, or name another with --weights") from None
 
@@ -194,15 +201,17 @@ def features_of(model, image_sets, batch_size):
     """The base's pooled features of each set of uint8 images, the classifier's input: the slow
     part, done once, in one call (a call per set would trace the network again)."""
     extractor = keras.Model(model.inputs, model.get_layer("classifier").input)
-    features = extractor.predict(keras_tools.network_input(np.concatenate(image_sets)), batch_size=batch_size,
+    features = extractor.predict(training.network_input(np.concatenate(image_sets)), batch_size=batch_size,
                                  verbose=0)
     return np.split(features, np.cumsum([len(images) for images in image_sets])[:-1])
 
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    images, labels, paths, class_names, folds = keras_tools.label_check_folds(
-        args, {}, FEATURE_EPOCHS, CHECK_LABELS_FOLDS, SMALLEST_IMAGE)
+    photos.check_seed(args.seed)
+    training.check_training_settings(FEATURE_EPOCHS, 0, args.batch_size, args.image_size, {}, SMALLEST_IMAGE)
+    images, labels, paths, class_names, folds = training.label_check_folds(
+        args.train_dir, args.image_size, args.seed, CHECK_LABELS_FOLDS)
     model = build_model(load_base(args.image_size, args.weights), len(class_names))
     [features] = features_of(model, [images], args.batch_size)
     one_hot = keras.utils.to_categorical(labels, len(class_names))
@@ -218,94 +227,124 @@ def check_labels(args):
                        epochs=FEATURE_EPOCHS, verbose=0)
         # Called, not predict(): that would trace a new function for each fold's classifier.
         probabilities[held_out] = classifier(features[held_out])
-    return image_files.label_issues(paths, labels, probabilities, class_names)
+    return reports.label_issues(paths, labels, probabilities, class_names)
 
 
 def main():
     args = parse_args()
     if args.predict:
-        for path, class_name, probability in zip(*keras_tools.predict(args.model_file, args.predict)):
-            print(f"{image_files.readable_text(path)}\t{class_name}\t{probability:.4f}")
+        for path, class_name, probability in zip(*training.predict(args.model_file, args.predict)):
+            print(f"{runs.readable_text(path)}\t{class_name}\t{probability:.4f}")
         return
     if args.check_labels:
         print(check_labels(args))
         return
-    class_names, data_summary = keras_tools.check_run(args, AUGMENTATION, SMALLEST_IMAGE)
-    print(data_summary)
-    keras.utils.set_random_seed(args.seed + args.initial_epoch)
 
-    # A new model starts from the ImageNet weights; a resumed one has them in its file already,
-    # with the optimizer's state of stage 2.
+    # Check the folders and settings before anything slow starts.
+    class_names, train_counts, validation_counts = photos.check_image_folders(
+        args.train_dir, args.validation_dir, args.validation_split)
+    runs.check_output_file(args.model_file, ".h5")
+    reports.check_log_folder(args.log_dir)
+    photos.check_seed(args.seed)
+    training.check_training_settings(args.epochs, args.initial_epoch, args.batch_size, args.image_size, AUGMENTATION,
+                                     SMALLEST_IMAGE)
+    print(f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\nValidation images per "
+          f"class: {validation_counts or f'{args.validation_split:.0%} of each class above, by name and --seed'}")
+    # What a run must repeat to go on after a stop, and what TensorBoard's HParams dashboard shows.
+    settings = {
+        "script": "TransferModel", "classes": ", ".join(class_names), "train_dir": args.train_dir,
+        "validation_dir": args.validation_dir or "", "validation_split": args.validation_split or 0.0,
+        "seed": args.seed, "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,
+        "initial_epoch": args.initial_epoch, "backbone": BACKBONE, "weights": args.weights or "imagenet",
+        "feature_epochs": FEATURE_EPOCHS, "feature_learning_rate": FEATURE_LEARNING_RATE,
+        "fine_tune_from": BACKBONES[BACKBONE][1], "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE,
+        "dense_dropout": DROPOUT, "optimizer": "Adam", **AUGMENTATION}
+    split = photos.split_of(args.validation_split, args.seed)
     feature_epochs = min(FEATURE_EPOCHS, args.epochs)
-    resumed_in_stage_2 = 0 < args.initial_epoch and feature_epochs <= args.initial_epoch
-    if args.initial_epoch > 0:
-        model, best_epoch = keras_tools.load_run(
-            args.model_file, args.image_size, len(class_names),
-            lambda model: set_stage(model, 2 if resumed_in_stage_2 else 1))
-        best_epoch.weights_of = model
-        print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
-    else:
-        model = build_model(load_base(args.image_size, args.weights), len(class_names))
-        best_epoch = keras_tools.BestEpoch(weights_of=model)  # the epoch of highest val_accuracy: the model kept
 
-    (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files, seconds = (
-        keras_tools.read_run_images(args, class_names))
-    print(f"Read {len(train_images) + len(validation_images)} images in {seconds:.1f} s")
+    with runs.lock(args.model_file):
+        # A stopped run of the same command goes on from its last complete epoch, in its stage.
+        best_epoch = training.BestEpoch()  # the epoch of highest val_accuracy: the model kept
+        checkpoint = training.Checkpoint(args.model_file, settings, best_epoch, args.initial_epoch, args.restart)
+        if checkpoint.moved_aside:
+            print(f"Starting again; the unfinished run is kept aside as {checkpoint.moved_aside}")
+        if not checkpoint.recorded:
+            training.check_resume(args.model_file, args.initial_epoch, split)
+        keras.utils.set_random_seed(args.seed + checkpoint.epoch)
 
-    run_dir, run_log = keras_tools.start_run(args, "TransferModel", {
-        "backbone": BACKBONE, "weights": args.weights or "imagenet", "feature_epochs": FEATURE_EPOCHS,
-        "feature_learning_rate": FEATURE_LEARNING_RATE, "fine_tune_from": BACKBONES[BACKBONE][1],
-        "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE, "dense_dropout": DROPOUT, "optimizer": "Adam"},
-        class_names, train_images, train_labels, AUGMENTATION, run_files)
-    print(f"TensorBoard run: {run_dir}")
-    validation_report = keras_tools.ValidationReport(run_log, None, validation_images, validation_labels,
+        # A new model starts from the ImageNet weights; one going on from a finished run has them in its file.
+        if args.initial_epoch and not checkpoint.recorded:
+            stage = 1 if args.initial_epoch < feature_epochs else 2
+            model = training.load_run(args.model_file, args.image_size, len(class_names),
+                                      lambda model: set_stage(model, stage), best_epoch)
+            print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+        else:
+            stage = 2 if checkpoint.recorded and checkpoint.trained != "classifier" else 1
+            model = build_model(load_base(args.image_size, args.weights), len(class_names))
+            trained = set_stage(model, stage)
+        best_epoch.weights_of = model  # stage 1 trains the classifier alone: the whole model is kept
+        if checkpoint.recorded:
+            checkpoint.restore(trained)
+            print(f"Going on from epoch {checkpoint.epoch} of an unfinished run ({checkpoint.path})")
+
+        (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
+            photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names, args.image_size,
+                                                args.validation_split, args.seed))
+        validation_batches = training.validation_batches(validation_images, validation_labels, len(class_names),
+                                                         args.batch_size)
+        checkpoint.run_dir = reports.start_run(args.log_dir, "TransferModel", settings, class_names, train_images,
+                                               train_labels, AUGMENTATION, args.seed, run_files, checkpoint.run_dir)
+        print(f"TensorBoard run: {checkpoint.run_dir}")
+        validation_report = reports.ValidationReport(checkpoint.run_dir, None, validation_images, validation_labels,
                                                      validation_names, class_names, CONFUSION_MATRIX_EVERY)
-    stop_on_ctrl_c = keras_tools.StopOnCtrlC(args.initial_epoch)
 
-    # Stage 1: the base's features of every image once, then the classifier alone on them.
-    if args.initial_epoch < feature_epochs:
-        started = time.perf_counter()
-        train_features, validation_features = features_of(model, [train_images, validation_images],
-                                                          args.batch_size)
-        print(f"{BACKBONE}'s features of {len(train_images) + len(validation_images)} images in "
-              f"{time.perf_counter() - started:.1f} s")
-        validation_report.batches = validation_features
-        keras_tools.fit_until_stopped(
-            set_stage(model, 1),
-            [keras.callbacks.TensorBoard(log_dir=run_dir), best_epoch, validation_report, stop_on_ctrl_c],
-            stop_on_ctrl_c,
-            train_features, keras.utils.to_categorical(train_labels, len(class_names)),
-            validation_data=(validation_features,
-                             keras.utils.to_categorical(validation_labels, len(class_names))),
-            batch_size=args.batch_size, epochs=feature_epochs, initial_epoch=args.initial_epoch, verbose=2)
-        model.set_weights(best_epoch.last_weights)  # stage 2 goes on from the last epoch, as a resumed run
+        # Stage 1: the base's features of every image once, then the classifier alone on them.
+        if stage == 1 and checkpoint.epoch < feature_epochs:
+            started = time.perf_counter()
+            train_features, validation_features = features_of(model, [train_images, validation_images],
+                                                              args.batch_size)
+            print(f"{BACKBONE}'s features of {len(train_images) + len(validation_images)} images in "
+                  f"{time.perf_counter() - started:.1f} s")
+            validation_report.batches = validation_features
+            model.get_layer("classifier").fit(
+                train_features, keras.utils.to_categorical(train_labels, len(class_names)),
+                validation_data=(validation_features, keras.utils.to_categorical(validation_labels, len(class_names))),
+                batch_size=args.batch_size, epochs=feature_epochs, initial_epoch=checkpoint.epoch, verbose=2,
+                callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), best_epoch, validation_report, checkpoint])
 
-    # Stage 2: the last block and the classifier on augmented images, at a low learning rate.
-    if args.epochs > feature_epochs and not stop_on_ctrl_c.interrupted:
-        fine_tuned = model if resumed_in_stage_2 else set_stage(model, 2)
-        validation_report.batches = keras_tools.validation_batches(
-            validation_images, validation_labels, len(class_names), args.batch_size)
-        keras_tools.fit_until_stopped(
-            fine_tuned,
-            [keras.callbacks.TensorBoard(log_dir=run_dir), best_epoch, validation_report, stop_on_ctrl_c],
-            stop_on_ctrl_c,
-            keras_tools.training_batches(train_images, train_labels, len(class_names), args.batch_size,
-                                         args.seed + args.initial_epoch, AUGMENTATION),
-            validation_data=validation_report.batches, epochs=args.epochs,
-            initial_epoch=max(args.initial_epoch, feature_epochs), shuffle=False, verbose=2)
+        # Stage 2: the last block and the classifier on augmented images, at a low learning rate.
+        if args.epochs > feature_epochs:
+            if stage == 1:
+                set_stage(model, 2)
+            validation_report.batches = validation_batches
+            model.fit(
+                training.training_batches(train_images, train_labels, len(class_names), args.batch_size,
+                                          args.seed + checkpoint.epoch, AUGMENTATION),
+                validation_data=validation_batches, epochs=args.epochs, initial_epoch=max(checkpoint.epoch, feature_epochs),
+                shuffle=False, verbose=2,
+                callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), best_epoch, validation_report, checkpoint])
 
-    report, stop = keras_tools.save_training(model, sys.argv[0], vars(args), MODEL_FILE, class_names,
-                                             best_epoch, stop_on_ctrl_c, validation_report, run_dir)
-    if report:
-        print(report)
-    if stop:
-        image_files.exit_stopped(*stop)
+        # The model kept is the epoch of highest val_accuracy; the last is saved beside it.
+        last = (checkpoint.epoch, checkpoint.last_metrics, model.get_weights())
+        kept_epoch, kept_metrics, kept_weights = kept = best_epoch.kept(*last)
+        model.set_weights(kept_weights)
+        report, mistakes = validation_report.describe(training.probabilities(model, validation_images),
+                                                      checkpoint.epoch - 1)
+        saved = training.save_model_files(model, args.model_file, class_names, kept, last, split)
+        checkpoint.remove()
+    runs.on_stop(f"the model is saved in {args.model_file}")
+
+    print(f"Saved {', '.join(saved)}\nKept in {args.model_file}: epoch {kept_epoch} of {checkpoint.epoch}, the one of "
+          f"highest val_accuracy; the last epoch, which --initial-epoch goes on from, is in {saved[2]}")
+    print(f"To classify photos with it: python {sys.argv[0]} --predict PHOTOS"
+          + ("" if args.model_file == MODEL_FILE else f" --model-file {args.model_file}"))
+    print(f"Validation set, per class:\n{report}\nMisclassified validation images, most confident first:\n{mistakes}")
+    # The last line sums the kept epoch up, like the 2018 README's results.
+    print(" - ".join(f"{name}: {kept_metrics[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy")))
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (image_files.DataError, OSError) as error:
-        sys.exit(image_files.readable_text(f"TransferModel.py: error: {error}"))
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP, before training or a second one
-        image_files.exit_stopped("TransferModel.py: interrupted; nothing saved", image_files.signal_of(stop))
+    except (runs.DataError, OSError) as error:
+        sys.exit(runs.readable_text(f"TransferModel.py: error: {error}"))

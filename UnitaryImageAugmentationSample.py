@@ -12,12 +12,15 @@ import argparse
 import os
 import sys
 
-import keras_tools  # first: TensorFlow starts there, without its start-up chatter
+import runs
 
-import tensorflow as tf
+runs.start("UnitaryImageAugmentationSample.py")  # first: a stop is one line from now on, and TensorFlow starts quietly
+runs.on_stop("the copies written so far are complete")
+
 from tensorflow.keras.preprocessing.image import ImageDataGenerator, array_to_img, img_to_array
 
-import image_files
+import photos
+import reports
 
 IMAGE = "data/train/refImage.png"
 OUTPUT_DIR = "data/generated"
@@ -48,13 +51,13 @@ def parse_args():
 def main():
     args = parse_args()
     if args.count < 0:
-        raise image_files.DataError(f"--count {args.count} must be 0 or more")
+        raise runs.DataError(f"--count {args.count} must be 0 or more")
     if os.path.isdir(args.image):
-        raise image_files.DataError(f"--image '{args.image}' is a folder: name one image file")
+        raise runs.DataError(f"--image '{args.image}' is a folder: name one image file")
     if not os.path.isfile(args.image):
-        raise image_files.DataError(f"image '{args.image}' does not exist: name an image with --image")
-    image_files.check_log_folder(args.log_dir)
-    original = image_files.read_rgb(args.image)
+        raise runs.DataError(f"image '{args.image}' does not exist: name an image with --image")
+    reports.check_log_folder(args.log_dir)
+    original = photos.read_rgb(args.image)
     image = img_to_array(original)
     os.makedirs(args.output_dir, exist_ok=True)
 
@@ -70,7 +73,7 @@ def main():
     pictures, captions = [original], ["original"]  # the grid for TensorBoard: up to 24 pictures
     for _ in range(args.count):
         copy = array_to_img(augmentation.random_transform(image))
-        path = image_files.save_new_jpeg(copy, args.output_dir, args.prefix)
+        path = photos.save_new_jpeg(copy, args.output_dir, args.prefix)
         print(path)
         if len(pictures) < 24:
             pictures.append(copy)
@@ -78,9 +81,9 @@ def main():
     print(f"Wrote {args.count} augmented copies of {args.image} to {args.output_dir}")
 
     # Before and after, side by side in TensorBoard.
-    run_dir = image_files.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
-    grid = image_files.picture_grid(pictures, captions, columns=3, tile=115)
-    keras_tools.log_picture(tf.summary.create_file_writer(run_dir), "before_and_after_augmentation",
+    run_dir = reports.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
+    grid = reports.picture_grid(pictures, captions, columns=3, tile=115)
+    reports.log_picture(run_dir, "before_and_after_augmentation",
                             grid, step=0, description=f"{args.image}, then its augmented copies.")
     print(f"TensorBoard run: {run_dir}")
 
@@ -88,8 +91,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (image_files.DataError, OSError) as error:
-        sys.exit(image_files.readable_text(f"UnitaryImageAugmentationSample.py: error: {error}"))
-    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM or SIGHUP
-        image_files.exit_stopped("UnitaryImageAugmentationSample.py: interrupted; the copies written so far "
-                                 "are complete", image_files.signal_of(stop))
+    except (runs.DataError, OSError) as error:
+        sys.exit(runs.readable_text(f"UnitaryImageAugmentationSample.py: error: {error}"))

@@ -1,5 +1,6 @@
 """Fixtures; the shared code the tests import is in helpers.py."""
 
+import signal
 import sys
 from pathlib import Path
 
@@ -9,6 +10,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests import the scripts' helper modules, and the scripts
 
 from helpers import make_images  # noqa: E402
+import runs  # noqa: E402
+
+# pytest's own handlers of the stop signals, before any test module imports a script, whose
+# runs.start() takes them over.
+PYTEST_HANDLERS = {number: signal.getsignal(number) for number in runs.STOP_SIGNALS}
+
+
+@pytest.fixture(autouse=True)
+def stops_as_pytest_handles_them():
+    """Each test starts with pytest's handlers of the stop signals: Ctrl-C stops the tests."""
+    for number, handler in PYTEST_HANDLERS.items():
+        signal.signal(number, handler)
 
 
 @pytest.fixture
@@ -43,7 +56,7 @@ def keras_home(tmp_path_factory):
 
 
 @pytest.fixture
-def photos(tmp_path):
+def colours(tmp_path):
     """Three colours, 12 training and 4 validation images each."""
     counts = {"apple": 12, "berry": 12, "cherry": 12}
     return (make_images(tmp_path / "train", counts, seed=1),

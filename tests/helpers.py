@@ -11,11 +11,11 @@ import io
 import os
 import re
 import runpy
-import shlex
 import signal
 import subprocess
 import sys
 import threading
+import unittest.mock
 from pathlib import Path
 
 import h5py
@@ -24,7 +24,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-import image_files
+import runs
+import training
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,20 +33,28 @@ REPO = Path(__file__).resolve().parent.parent
 CLASS_COLOURS = [(220, 40, 40), (40, 40, 220), (40, 200, 40), (230, 200, 40)]
 
 
+def stops_by_default():
+    """In a new process, before its program starts: the stop signals as a terminal gives them, whatever
+    the tests inherited (a suite started in the background, or under nohup, has SIGINT or SIGHUP ignored)."""
+    for number in runs.STOP_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
+
+
 def run_script(script, *args, cwd):
     """Run one of the repository's scripts in a fresh Python process, in folder cwd, as a user does."""
     command = [sys.executable, str(REPO / script), *map(str, args)]
     env = dict(os.environ, PYTHONHASHSEED="0")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+                          preexec_fn=None if os.name == "nt" else stops_by_default)
 
 
-def start_script(script, *args, cwd, **options):
+def start_script(script, *args, cwd):
     """Start a script as run_script does, without waiting for it, its output unbuffered so that
     a test can act on a line as soon as it is printed."""
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=None if os.name == "nt" else stops_by_default)
 
 
 def stop_at_line(process, prefix, signal_number):
@@ -67,13 +76,7 @@ def stop_at_line(process, prefix, signal_number):
 
 
 # The stop signals this system has, by name: SIGINT (Ctrl-C), SIGTERM, and SIGHUP but on Windows.
-STOPS = {signal.Signals(number).name: number for number in image_files.STOP_SIGNALS}
-
-
-def set_mark(path):
-    """The mark save_run gives every file of a set it saves together."""
-    with h5py.File(path, "r") as saved:
-        return saved.attrs.get("save_id")
+STOPS = {signal.Signals(number).name: number for number in runs.STOP_SIGNALS}
 
 
 def saved_epoch(model_file):
@@ -82,24 +85,21 @@ def saved_epoch(model_file):
         return int(saved.attrs["epoch"])
 
 
-def check_partial_set(result, stop, model_file, epochs=6):
-    """The one line a stopped run ends with, its status, and the partial set it names: (command
-    that goes on, partial file, epochs completed)."""
-    assert result.returncode == 128 + STOPS[stop]  # 130, 143, 129: as a shell shows it
+def save_model(model, model_file, class_names, epoch, metrics=None, kept=None):
+    """Save model as a run of the scripts leaves it: its weights as the last epoch, epoch, and as
+    the epoch kept, or kept (epoch, metrics, weights) when given."""
+    last = (epoch, metrics or {}, model.get_weights())
+    return training.save_model_files(model, str(model_file), class_names, kept or last, last, "")
+
+
+def assert_stopped_in_one_line(result, signal_number, *expected_parts):
+    """A script a stop ended: one line on stderr holding every expected part, and the process ended by
+    the signal (a shell then shows 128 + its number); run_in_process gives that number itself."""
+    assert result.returncode in (-signal_number, 128 + signal_number), (result.returncode, result.stderr)
     lines = stderr_lines(result)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    completed = int(lines[0].split()[3].rstrip(";"))
-    partial_file = model_file.parent / lines[0].split("saved ")[1].split(",")[0]
-    assert partial_file.name.startswith(f"{model_file.stem}.partial-") and partial_file.is_file()
-    saved = ", ".join(str(partial_file).replace(".h5", kind) for kind in (
-        ".h5", ".weights.h5", ".last.h5", ".last.weights.h5"))
-    best_epoch = saved_epoch(partial_file)
-    assert lines[0].startswith(f"Interrupted after epoch {completed}; saved {saved} "
-                               f"(kept: epoch {best_epoch}). To go on: python ")
-    # Only complete epochs: two at least, as many as the last file holds.
-    assert 2 <= completed < epochs and 1 <= best_epoch <= completed
-    assert saved_epoch(str(partial_file).replace(".h5", ".last.h5")) == completed
-    return shlex.split(lines[0].split("To go on: ")[1]), partial_file, completed
+    for part in expected_parts:
+        assert part in lines[0], lines[0]
 
 
 def stderr_lines(result):
@@ -146,14 +146,17 @@ def make_images(folder, counts, size=(40, 30), seed=0):
 def run_in_process(script, *args, cwd, constants=None):
     """Run script with args in this process, in folder cwd, as `python script args` would run:
     its exit code, stdout and stderr. constants, if given, replace the script's top-of-file
-    constants, as a user edits them; the run then calls main() as the script's end does."""
+    constants, as a user edits them; the run then calls main() as the script's end does. A stop
+    ends the run with 128 + the signal's number instead of ending this process by the signal."""
     import keras
     stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
     saved_argv, saved_cwd = sys.argv, os.getcwd()
+    saved_handlers = {number: signal.getsignal(number) for number in runs.STOP_SIGNALS}
     sys.argv = [str(REPO / script), *map(str, args)]
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                unittest.mock.patch.object(runs, "end_by_signal", lambda number: sys.exit(128 + number)):
             if constants:
                 spec = importlib.util.spec_from_file_location(Path(script).stem, REPO / script)
                 module = importlib.util.module_from_spec(spec)
@@ -169,6 +172,8 @@ def run_in_process(script, *args, cwd, constants=None):
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
+        for number, handler in saved_handlers.items():
+            signal.signal(number, handler)
         keras.backend.clear_session()  # each run starts from a clean Keras, as in a new process
     return subprocess.CompletedProcess(sys.argv, returncode, stdout.getvalue(), stderr.getvalue())
 
@@ -190,10 +195,10 @@ def reload_and_predict(model_file, image_size, batch):
 MOBILENET_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
-def run_transfer(photos, tmp_path, *extra_args, constants=None):
-    """TransferModel in this process on photos at 32x32, 3 epochs of stage 1 (at a learning rate
+def run_transfer(colours, tmp_path, *extra_args, constants=None):
+    """TransferModel in this process on colours (the fixture) at 32x32, 3 epochs of stage 1 (at a learning rate
     for the stand-in's small features), then stage 2."""
-    train_dir, validation_dir = photos
+    train_dir, validation_dir = colours
     return run_in_process(
         "TransferModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 32,
         "--batch-size", 8, "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "transfer.h5", *extra_args,

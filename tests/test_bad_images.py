@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import image_files
+import photos
+import runs
 from helpers import make_images, run_in_process, stderr_lines
 
 RED = (200, 30, 30)
@@ -39,8 +40,8 @@ def test_non_image_files_are_ignored_and_usual_extensions_used(tmp_path):
     for name, image_format in images.items():
         save_red(folder / name, format=image_format)
 
-    assert image_files.list_images(folder) == sorted(images)
-    loaded, labels, paths = image_files.read_image_folder(tmp_path, ["cats"], 32, "training")
+    assert photos.list_images(folder) == sorted(images)
+    loaded, labels, paths = photos.read_image_folder(tmp_path, ["cats"], 32, "training")
     assert len(loaded) == len(images)
     assert np.abs(loaded.astype(int) - RED).max() <= 8
 
@@ -49,7 +50,7 @@ def test_unreadable_files_are_skipped_with_one_warning_each(tmp_path, capsys):
     make_images(tmp_path, {"a": 2, "b": 2})
     broken = write_corrupt_files(tmp_path / "b")
 
-    images, labels, paths = image_files.read_image_folder(tmp_path, ["a", "b"], 32, "training")
+    images, labels, paths = photos.read_image_folder(tmp_path, ["a", "b"], 32, "training")
     assert len(images) == 4 and labels.tolist() == [0, 0, 1, 1]
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == len(broken) + 1
@@ -64,8 +65,8 @@ def test_a_class_left_without_readable_images_is_a_clear_error(tmp_path):
     make_images(tmp_path, {"a": 2})
     (tmp_path / "b").mkdir()
     write_corrupt_files(tmp_path / "b")
-    with pytest.raises(image_files.DataError, match=f"'{tmp_path / 'b'}' has no readable images"):
-        image_files.read_image_folder(tmp_path, ["a", "b"], 32, "training")
+    with pytest.raises(runs.DataError, match=f"'{tmp_path / 'b'}' has no readable images"):
+        photos.read_image_folder(tmp_path, ["a", "b"], 32, "training")
 
 
 def image_in_mode(mode):
@@ -90,7 +91,7 @@ def image_in_mode(mode):
 def test_every_colour_mode_becomes_rgb(mode, extension, tmp_path):
     path = tmp_path / f"image.{extension}"
     image_in_mode(mode).save(path)
-    loaded = image_files.read_image(path, 32).astype(int)
+    loaded = photos.read_image(path, 32).astype(int)
     assert loaded.shape == (32, 32, 3)
 
     if mode in ("L", "LA", "I;16"):
@@ -107,7 +108,7 @@ def test_transparent_pixels_are_white(tmp_path):
     rgba = np.zeros((30, 40, 4), dtype=np.uint8)
     rgba[:, :20] = (*RED, 255)  # the left half red, the right half fully transparent black
     Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
-    loaded = image_files.read_image(tmp_path / "cutout.png", 40).astype(int)
+    loaded = photos.read_image(tmp_path / "cutout.png", 40).astype(int)
     assert np.abs(loaded[:, :15] - RED).max() <= 2
     assert loaded[:, 25:].min() >= 253
 
@@ -122,16 +123,16 @@ def test_exif_rotated_phone_photo_is_turned_upright(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
 
-    upright = image_files.read_rgb(tmp_path / "phone.jpg")
+    upright = photos.read_rgb(tmp_path / "phone.jpg")
     assert upright.size == (400, 300)
-    loaded = image_files.read_image(tmp_path / "phone.jpg", 100).astype(int)
+    loaded = photos.read_image(tmp_path / "phone.jpg", 100).astype(int)
     assert np.abs(loaded[:, 60:] - RED).max() <= 12
     assert np.abs(loaded[:, :40] - (30, 30, 200)).max() <= 12
 
 
 def test_a_50_megapixel_photo_loads(tmp_path):
     Image.new("RGB", (8660, 5780), RED).save(tmp_path / "big.jpg", quality=80)
-    loaded = image_files.read_image(tmp_path / "big.jpg", 150).astype(int)
+    loaded = photos.read_image(tmp_path / "big.jpg", 150).astype(int)
     assert np.abs(loaded - RED).max() <= 8
 
 
@@ -146,7 +147,7 @@ def png_claiming_size(path, width, height):
 def test_decompression_bombs_are_skipped_with_a_warning(tmp_path, capsys):
     make_images(tmp_path, {"a": 1, "b": 1})
     png_claiming_size(tmp_path / "a" / "bomb.png", 30000, 30000)
-    images, labels, _ = image_files.read_image_folder(tmp_path, ["a", "b"], 32, "training")
+    images, labels, _ = photos.read_image_folder(tmp_path, ["a", "b"], 32, "training")
     assert labels.tolist() == [0, 1]
     warning = capsys.readouterr().err.splitlines()[0]
     assert warning.startswith(f"warning: skipped '{tmp_path / 'a' / 'bomb.png'}': more pixels than")
@@ -159,9 +160,9 @@ def test_spaces_non_ascii_names_and_symlinked_class_folders(tmp_path):
     (tmp_path / "data" / "été" / "été_000.png").rename(tmp_path / "data" / "été" / "Photo d’été 1.png")
     (tmp_path / "data" / "chats noirs").symlink_to(tmp_path / "elsewhere" / "chats noirs")
 
-    names = image_files.class_names(tmp_path / "data", "training")
+    names = photos.class_folder_names(tmp_path / "data", "training")
     assert names == ["chats noirs", "été"]
-    images, labels, paths = image_files.read_image_folder(tmp_path / "data", names, 32, "training")
+    images, labels, paths = photos.read_image_folder(tmp_path / "data", names, 32, "training")
     assert labels.tolist() == [0, 0, 1, 1, 1]
     assert str(tmp_path / "data" / "été" / "Photo d’été 1.png") in paths
 

@@ -6,15 +6,15 @@ import os
 import subprocess
 import sys
 
-import image_files
+import reports
 from helpers import REPO, make_images
 
 
 def test_runs_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
-    monkeypatch.setattr(image_files.time, "strftime", lambda format: "20261126-120000")
+    monkeypatch.setattr(reports.time, "strftime", lambda format: "20261126-120000")
     log_dir = str(tmp_path / "logs")
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        folders = list(pool.map(lambda _: image_files.new_run_folder(log_dir, "FirstModel"), range(8)))
+        folders = list(pool.map(lambda _: reports.new_run_folder(log_dir, "FirstModel"), range(8)))
     stamp = os.path.join(log_dir, "FirstModel-20261126-120000")
     assert sorted(folders) == sorted([stamp] + [f"{stamp}-{number}" for number in range(2, 9)])
     assert all(os.listdir(folder) == [] for folder in folders)

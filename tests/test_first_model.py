@@ -6,8 +6,7 @@ import keras
 import numpy as np
 
 import FirstModel
-import keras_tools
-from helpers import FINAL_LINE, logged_scalars, reload_and_predict, run_in_process, run_script, stderr_lines
+from helpers import save_model, FINAL_LINE, logged_scalars, reload_and_predict, run_in_process, run_script, stderr_lines
 
 
 def test_trains_saves_logs_and_learns(small_dataset, tmp_path):
@@ -49,7 +48,7 @@ def test_resumes_the_saved_model_not_a_new_one(small_dataset, tmp_path):
     model = FirstModel.build_model(32, 2)
     FirstModel.compile_model(model)
     model.set_weights([np.zeros_like(weights) for weights in model.get_weights()])
-    keras_tools.save_run(model, str(tmp_path / "zero.h5"), ["apple", "berry"], keras_tools.BestEpoch(), 1, {})
+    save_model(model, tmp_path / "zero.h5", ["apple", "berry"], 1)
 
     result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--initial-epoch", 1, "--epochs", 2, "--batch-size", 2, "--image-size", 32,

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-import image_files
-import keras_tools
+import photos
+import runs
+import training
 from helpers import assert_one_line_error, make_images, run_in_process
 
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "TransferModel.py", "ClassImageAugmentationSample.py"]
@@ -114,10 +115,10 @@ def test_check_labels_refuses_what_a_run_refuses(script, arguments, expected, sm
 def test_a_model_folder_that_cannot_be_written_fails_before_training(script, suffix, small_dataset, tmp_path,
                                                                     monkeypatch):
     """A read-only drive, a folder of someone else's, a share without rights: the run stops at once."""
-    def refused(folder, name):
-        raise PermissionError(13, "Permission denied", os.path.join(folder, name))
+    def refused(dir, prefix):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix))
 
-    monkeypatch.setattr(image_files, "_new_hidden_file", refused)
+    monkeypatch.setattr(runs.tempfile, "mkstemp", refused)
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / f"model{suffix}"
     result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
@@ -172,8 +173,8 @@ def test_svm_negative_seed(small_dataset, tmp_path):
 def test_class_folder_name_that_is_not_text(tmp_path):
     make_images(tmp_path / "train", {"apple": 1})
     os.mkdir(os.fsencode(tmp_path / "train") + b"/caf\xe9")  # Latin-1 bytes, as old archives hold
-    with pytest.raises(image_files.DataError, match="train/caf\ufffd' has a name that is not valid text"):
-        image_files.class_names(str(tmp_path / "train"), "training")
+    with pytest.raises(runs.DataError, match="train/caf\ufffd' has a name that is not valid text"):
+        photos.class_folder_names(str(tmp_path / "train"), "training")
 
 
 @pytest.mark.parametrize("augmentation, expected", [
@@ -183,15 +184,15 @@ def test_class_folder_name_that_is_not_text(tmp_path):
     (dict(rotation=15), "AUGMENTATION {'rotation': 15}: "),  # a misspelt keyword
 ])
 def test_augmentation_the_in_memory_path_cannot_apply_is_refused(augmentation, expected):
-    with pytest.raises(image_files.DataError) as refused:
-        keras_tools.check_training_settings(50, 1, 150, augmentation)
+    with pytest.raises(runs.DataError) as refused:
+        training.check_training_settings(50, 0, 1, 150, augmentation)
     assert str(refused.value).startswith(expected)
-    keras_tools.check_training_settings(50, 1, 150, dict(rotation_range=15, horizontal_flip=True))
+    training.check_training_settings(50, 0, 1, 150, dict(rotation_range=15, horizontal_flip=True))
 
 
 def test_first_model_refuses_such_an_augmentation_before_training(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
-    with pytest.raises(image_files.DataError, match="AUGMENTATION: zca_whitening is not applied"):
+    with pytest.raises(runs.DataError, match="AUGMENTATION: zca_whitening is not applied"):
         run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                        "--log-dir", tmp_path / "logs", cwd=tmp_path,
                        constants={"AUGMENTATION": dict(zca_whitening=True)})

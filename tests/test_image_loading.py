@@ -6,8 +6,8 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-import image_files
-import keras_tools
+import photos
+import training
 from helpers import make_images
 
 
@@ -16,8 +16,8 @@ def test_same_classes_labels_and_files_as_flow_from_directory(tmp_path):
     make_images(tmp_path / "nested", {"2019": 2})
     (tmp_path / "nested" / "2019").rename(data_dir / "ant" / "2019")
 
-    names = image_files.class_names(data_dir, "training")
-    images, labels, paths = image_files.read_image_folder(data_dir, names, 32, "training")
+    names = photos.class_folder_names(data_dir, "training")
+    images, labels, paths = photos.read_image_folder(data_dir, names, 32, "training")
 
     flow = ImageDataGenerator().flow_from_directory(data_dir, target_size=(32, 32), shuffle=False)
     assert names == sorted(flow.class_indices, key=flow.class_indices.get)
@@ -32,7 +32,7 @@ def test_hidden_files_and_folders_are_not_images(tmp_path):
     (data_dir / "a" / ".thumbnails").mkdir()
     Image.new("RGB", (8, 8)).save(data_dir / "a" / ".thumbnails" / "small.png")
     (data_dir / "a" / "notes.txt").write_text("not an image")
-    assert image_files.list_images(data_dir / "a") == ["a_000.png", "a_001.jpg"]
+    assert photos.list_images(data_dir / "a") == ["a_000.png", "a_001.jpg"]
 
 
 def test_large_photo_is_decoded_small_and_downscaled_without_aliasing(tmp_path):
@@ -44,7 +44,7 @@ def test_large_photo_is_decoded_small_and_downscaled_without_aliasing(tmp_path):
     Image.fromarray(stripes).save(tmp_path / "stripes.png")
 
     for name in ("stripes.jpg", "stripes.png"):
-        image = image_files.read_image(tmp_path / name, 150)
+        image = photos.read_image(tmp_path / name, 150)
         assert image.shape == (150, 150, 3) and image.dtype == np.uint8
         assert abs(image.mean() - 127.5) < 12, name
         assert image.std() < 20, name
@@ -56,7 +56,7 @@ def test_large_photo_keeps_its_picture(tmp_path):
     photo[:, :2016] = (200, 30, 30)
     photo[:, 2016:] = (30, 30, 200)
     Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
-    image = image_files.read_image(tmp_path / "photo.jpg", 150).astype(int)
+    image = photos.read_image(tmp_path / "photo.jpg", 150).astype(int)
     assert np.abs(image[:, :70] - (200, 30, 30)).max() < 12
     assert np.abs(image[:, 80:] - (30, 30, 200)).max() < 12
 
@@ -81,7 +81,7 @@ def test_affine_transform_matches_image_data_generator(fill_mode):
     def column(key):
         return tf.constant([transform[key] for transform in parameters], tf.float32)
 
-    transforms = keras_tools.affine_transforms(
+    transforms = training.affine_transforms(
         48, column("theta"), column("tx"), column("ty"), column("shear"), column("zx"), column("zy"))
     transformed = tf.keras.ops.image.affine_transform(
         images, transforms, interpolation="bilinear", fill_mode=fill_mode, fill_value=50.0)
@@ -97,19 +97,19 @@ def test_affine_transform_matches_image_data_generator(fill_mode):
 def test_augment_draws_within_the_generator_ranges():
     images = random_images(64)
     flips_only = ImageDataGenerator(horizontal_flip=True)
-    flipped = keras_tools.augment(images, flips_only, tf.constant([1, 2])).numpy()
+    flipped = training.augment(images, flips_only, tf.constant([1, 2])).numpy()
     is_flipped = [np.allclose(out, image[:, ::-1], atol=1e-3) for out, image in zip(flipped, images)]
     unchanged = [np.allclose(out, image, atol=1e-3) for out, image in zip(flipped, images)]
     assert all(a or b for a, b in zip(is_flipped, unchanged))
     assert 16 < sum(is_flipped) < 48
 
     nothing = ImageDataGenerator()
-    assert np.allclose(keras_tools.augment(images, nothing, tf.constant([1, 2])), images, atol=1e-3)
+    assert np.allclose(training.augment(images, nothing, tf.constant([1, 2])), images, atol=1e-3)
 
     shear_and_zoom = ImageDataGenerator(shear_range=0.2, zoom_range=0.2)
-    first = keras_tools.augment(images, shear_and_zoom, tf.constant([3, 4])).numpy()
-    again = keras_tools.augment(images, shear_and_zoom, tf.constant([3, 4])).numpy()
-    other = keras_tools.augment(images, shear_and_zoom, tf.constant([5, 6])).numpy()
+    first = training.augment(images, shear_and_zoom, tf.constant([3, 4])).numpy()
+    again = training.augment(images, shear_and_zoom, tf.constant([3, 4])).numpy()
+    other = training.augment(images, shear_and_zoom, tf.constant([5, 6])).numpy()
     assert np.array_equal(first, again)
     assert not np.allclose(first, other)
     assert first.min() >= 0 and first.max() <= 255
@@ -120,18 +120,18 @@ def test_every_training_image_once_per_epoch_and_repeatable():
     labels = np.array([0] * 6 + [1] * 4)
 
     def epochs(seed):
-        batches = keras_tools.training_batches(images, labels, 2, batch_size=3, seed=seed)
+        batches = training.training_batches(images, labels, 2, batch_size=3, seed=seed)
         return [np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in batches]) for _ in range(2)]
 
     # Keras reads the number of batches from the dataset to end each epoch.
-    assert keras_tools.training_batches(images, labels, 2, 3, seed=7).cardinality() == 4
+    assert training.training_batches(images, labels, 2, 3, seed=7).cardinality() == 4
     first, second = epochs(seed=7)
     for epoch in (first, second):
         assert sorted(np.round(epoch * 255).astype(int)) == list(range(10))
     assert not np.array_equal(first, second)
     assert all(np.array_equal(a, b) for a, b in zip(epochs(seed=7), (first, second)))
 
-    validation = keras_tools.validation_batches(images, labels, 2, batch_size=4)
+    validation = training.validation_batches(images, labels, 2, batch_size=4)
     order = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in validation])
     assert np.round(order * 255).astype(int).tolist() == list(range(10))
     one_hot = np.concatenate([y.numpy() for _, y in validation])

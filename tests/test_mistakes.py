@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import image_files
+import reports
 from helpers import make_images, run_in_process, stderr_lines
 
 TRAINING_FLAGS = {
@@ -62,11 +62,11 @@ def test_the_mistakes_table_is_the_models_own_predictions(script, tmp_path):
 def test_the_mistakes_table_is_capped():
     labels, predictions = np.zeros(30, dtype=int), np.ones(30, dtype=int)
     confidences = np.linspace(0.5, 0.99, 30)
-    table = image_files.mistakes_table([f"a/{n}.jpg" for n in range(30)], labels, predictions,
+    table = reports.mistakes_table([f"a/{n}.jpg" for n in range(30)], labels, predictions,
                                        confidences, ["ant", "bee"]).splitlines()
     assert len(table) == 1 + 20 + 1 and table[-1] == "and 10 more"
     assert table[1] == "a/29.jpg\tant\tbee\t0.9900"  # the most confident first
-    assert image_files.mistakes_table(["a.jpg"], [1], [1], [0.9], ["ant", "bee"]).splitlines() == [
+    assert reports.mistakes_table(["a.jpg"], [1], [1], [0.9], ["ant", "bee"]).splitlines() == [
         "path\ttrue class\tpredicted class\tprobability"]
 
 

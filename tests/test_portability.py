@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import ClassImageAugmentationSample
-import image_files
-import keras_tools
+import photos
+import runs
 from helpers import REPO, make_images, run_in_process, stderr_lines
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="file modes are a POSIX matter")
@@ -21,7 +21,7 @@ POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="file modes are a POSIX 
 # FAT and exFAT drives (USB sticks) have no hard links.
 EVERYWHERE = {
     "os": {"O_WRONLY", "W_OK", "_exit", "access", "close", "cpu_count", "devnull", "dup", "dup2", "environ",
-           "fsdecode", "fsencode", "getcwd", "getpid", "isatty", "listdir", "makedirs", "mkdir", "name", "open",
+           "fsdecode", "fsencode", "fsync", "getcwd", "getpid", "isatty", "listdir", "makedirs", "mkdir", "name", "open",
            "path", "read", "remove", "rename", "replace", "rmdir", "scandir", "sep", "stat", "strerror",
            "unlink", "walk", "write"},
     "signal": {"SIGINT", "SIGTERM", "SIG_DFL", "SIG_IGN", "Signals", "default_int_handler", "getsignal",
@@ -65,7 +65,7 @@ def test_the_code_calls_only_what_every_system_has():
 def test_new_images_never_overwrite_and_are_readable_by_all(tmp_path, umask_022):
     (tmp_path / "star_0002.jpg").write_bytes(b"a user's file")
     picture = Image.new("RGB", (8, 8), "red")
-    written = [image_files.save_new_jpeg(picture, str(tmp_path), "star") for _ in range(3)]
+    written = [photos.save_new_jpeg(picture, str(tmp_path), "star") for _ in range(3)]
     assert [os.path.basename(path) for path in written] == ["star_0001.jpg", "star_0003.jpg",
                                                              "star_0004.jpg"]
     assert (tmp_path / "star_0002.jpg").read_bytes() == b"a user's file"
@@ -84,14 +84,13 @@ def test_saved_files_follow_the_umask(tmp_path, umask_022):
     def save(path):
         with open(path, "wb") as file:
             file.write(b"model")
-    image_files.save_files_atomically({str(tmp_path / "model.h5"): save,
-                                  str(tmp_path / "model.weights.h5"): save})
+    runs.write_whole({str(tmp_path / "model.h5"): save, str(tmp_path / "model.weights.h5"): save})
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {
         "model.h5": 0o644, "model.weights.h5": 0o644}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def scripts_run(tmp_path_factory):
     """Every script run without what Windows lacks, as on a FAT drive, under umask 022: {name: result}."""
     work = tmp_path_factory.mktemp("portability")
     train_dir = make_images(work / "data" / "train", {"apple": 8, "berry": 4}, seed=1)
@@ -110,7 +109,7 @@ def runs(tmp_path_factory):
             for module, names in ((os, NOT_ON_WINDOWS["os"]), (signal, NOT_ON_WINDOWS["signal"])):
                 for name in names:
                     patch.delattr(module, name, raising=False)
-            patch.setattr(image_files, "STOP_SIGNALS", (signal.SIGINT, signal.SIGTERM))
+            patch.setattr(runs, "STOP_SIGNALS", (signal.SIGINT, signal.SIGTERM))
             for name, script, arguments in [
                 ("unitary", "UnitaryImageAugmentationSample.py", ["--count", 3]),
                 ("unitary again", "UnitaryImageAugmentationSample.py", ["--count", 3]),
@@ -127,8 +126,8 @@ def runs(tmp_path_factory):
     return work, results
 
 
-def test_every_script_runs_without_what_windows_lacks(runs):
-    work, results = runs
+def test_every_script_runs_without_what_windows_lacks(scripts_run):
+    work, results = scripts_run
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr)
         assert stderr_lines(result) == [], name
@@ -138,8 +137,8 @@ def test_every_script_runs_without_what_windows_lacks(runs):
         assert (work / model_file).is_file()
 
 
-def test_files_already_there_are_never_overwritten(runs):
-    work, _ = runs
+def test_files_already_there_are_never_overwritten(scripts_run):
+    work, _ = scripts_run
     generated = work / "data" / "generated"
     assert (generated / "MY_CLASS_0002.jpg").read_bytes() == b"mine too"
     assert sorted(path.name for path in generated.glob("MY_CLASS_*")) == [
@@ -147,12 +146,12 @@ def test_files_already_there_are_never_overwritten(runs):
     assert (generated / "train" / "apple" / "Random_0001.jpg").read_bytes() == b"mine"
     for split, target in (("train", 10), ("validation", 5)):
         for class_name in ("apple", "berry"):
-            assert len(image_files.list_images(generated / split / class_name)) == target
+            assert len(photos.list_images(generated / split / class_name)) == target
 
 
 @POSIX_ONLY
-def test_every_file_written_is_readable_by_all(runs):
-    work, _ = runs
+def test_every_file_written_is_readable_by_all(scripts_run):
+    work, _ = scripts_run
     written = [path for path in work.rglob("*") if path.is_file() and path.read_bytes()[:4] != b"mine"]
     assert len(written) > 50
     modes = {str(path.relative_to(work)): oct(stat.S_IMODE(path.stat().st_mode)) for path in written}
@@ -173,10 +172,10 @@ def test_tensorflow_start_up_lines_are_hidden_and_real_errors_kept():
         "E0000 00:00:1795732359.610859    2205 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
         "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n")
     real_error = "E0000 00:00:1795732360.1    2205 some_op.cc:1] Out of memory while allocating\n"
-    assert keras_tools.without_start_up_lines(start_up) == ""
-    assert keras_tools.without_start_up_lines(start_up + real_error) == real_error
-    assert keras_tools.without_start_up_lines("Traceback (most recent call last):\n") == \
+    assert runs.without_start_up_lines(start_up) == ""
+    assert runs.without_start_up_lines(start_up + real_error) == real_error
+    assert runs.without_start_up_lines("Traceback (most recent call last):\n") == \
         "Traceback (most recent call last):\n"
     # With a CUDA driver, a failed cuInit is a real error: the GPU that is there cannot be used.
     cu_init_failed = start_up.splitlines(keepends=True)[-1]
-    assert keras_tools.without_start_up_lines(cu_init_failed) == cu_init_failed
+    assert runs.without_start_up_lines(cu_init_failed) == cu_init_failed

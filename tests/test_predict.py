@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import SVMModel
-import image_files
-import keras_tools
-from helpers import assert_one_line_error, make_images, run_in_process, stderr_lines
+import photos
+from helpers import save_model, assert_one_line_error, make_images, run_in_process, stderr_lines
 
 # Each model script, with flags that train it in seconds on the tiny data set.
 TRAINING_FLAGS = {
@@ -38,10 +37,10 @@ def probabilities_of(script, model_file, paths):
     kept epoch's Keras model on pixels / 255, or the SVM's calibrated probabilities."""
     if script == "SVMModel.py":
         saved = joblib.load(model_file)
-        images = np.stack([image_files.read_image(path, saved["features"]["image_size"]) for path in paths])
+        images = np.stack([photos.read_image(path, saved["features"]["image_size"]) for path in paths])
         features = np.hstack(list(SVMModel.features(images, saved["features"]).values()))
         return saved["probabilities"].predict_proba(features)
-    images = np.stack([image_files.read_image(path, 32) for path in paths])
+    images = np.stack([photos.read_image(path, 32) for path in paths])
     return keras.models.load_model(model_file, compile=False).predict(images / 255.0, verbose=0)
 
 
@@ -51,9 +50,8 @@ def keep_an_epoch_unlike_the_last(model_file):
     model = keras.models.load_model(model_file, compile=False)
     trained = model.get_weights()
     model.set_weights([weights * 0.5 for weights in trained])
-    keras_tools.save_run(model, str(model_file), ["apple", "berry"],
-                         keras_tools.BestEpoch(epoch=2, metrics={"val_loss": 0.1, "val_accuracy": 1.0},
-                                               weights=trained), 3, {"val_loss": 0.2, "val_accuracy": 1.0})
+    save_model(model, model_file, ["apple", "berry"], 3, {"val_loss": 0.2, "val_accuracy": 1.0},
+               kept=(2, {"val_loss": 0.1, "val_accuracy": 1.0}, trained))
 
 
 @pytest.mark.parametrize("script", list(TRAINING_FLAGS))
@@ -91,14 +89,14 @@ def test_predicts_a_folder_with_the_kept_epoch_as_in_training(script, small_data
 
 @pytest.mark.parametrize("script", list(TRAINING_FLAGS))
 def test_prediction_errors_are_one_line(script, tmp_path):
-    photos = make_images(tmp_path / "photos", {"cat": 2})
-    missing_model = run_in_process(script, "--predict", photos, "--model-file",
+    cat_photos = make_images(tmp_path / "photos", {"cat": 2})
+    missing_model = run_in_process(script, "--predict", cat_photos, "--model-file",
                                tmp_path / f"none{MODEL_SUFFIX[script]}", cwd=tmp_path)
     assert_one_line_error(missing_model, "none", "train one first")
 
     not_a_model = tmp_path / f"text{MODEL_SUFFIX[script]}"
     not_a_model.write_text("not a model")
-    wrong_model = run_in_process(script, "--predict", photos, "--model-file", not_a_model, cwd=tmp_path)
+    wrong_model = run_in_process(script, "--predict", cat_photos, "--model-file", not_a_model, cwd=tmp_path)
     assert_one_line_error(wrong_model, str(not_a_model), "--model-file")
     assert not_a_model.read_text() == "not a model"
 
@@ -106,7 +104,7 @@ def test_prediction_errors_are_one_line(script, tmp_path):
         # Class names where these scripts put them, and no model beside them.
         with h5py.File(tmp_path / "damaged.h5", "w") as damaged:
             damaged.attrs["class_names"] = '["cat", "dog"]'
-        damaged_model = run_in_process(script, "--predict", photos, "--model-file", tmp_path / "damaged.h5",
+        damaged_model = run_in_process(script, "--predict", cat_photos, "--model-file", tmp_path / "damaged.h5",
                                    cwd=tmp_path)
         assert_one_line_error(damaged_model, f"cannot load the model in '{tmp_path / 'damaged.h5'}'",
                               "--model-file")

@@ -2,11 +2,9 @@
 
 import re
 
-import h5py
 import keras
 
-import keras_tools
-from helpers import (FINAL_LINE, assert_one_line_error, logged_scalars, reload_and_predict, run_in_process,
+from helpers import (optimizer_iterations, save_model, FINAL_LINE, assert_one_line_error, logged_scalars, reload_and_predict, run_in_process,
                      run_script, stderr_lines)
 
 
@@ -16,11 +14,6 @@ def train_second_model(dataset, tmp_path, *extra_args, run=run_in_process):
         "SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
         "--batch-size", 4, "--image-size", 32, "--log-dir", tmp_path / "logs",
         "--model-file", tmp_path / "second.h5", *extra_args, cwd=tmp_path)
-
-
-def optimizer_iterations(model_file):
-    with h5py.File(model_file, "r") as saved:
-        return int(saved["optimizer_weights"]["adadelta"]["iteration"][()])
 
 
 def test_class_weights_training_and_resume(small_dataset, tmp_path):
@@ -54,7 +47,7 @@ def test_resume_without_saved_model_is_a_clear_error(small_dataset, tmp_path):
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 2, "--epochs", 4)
     assert result.returncode != 0
     assert stderr_lines(result) == [
-        f"SecondModel.py: error: cannot resume: model file '{tmp_path / 'second.h5'}' does not exist; "
+        f"SecondModel.py: error: cannot resume: model file '{tmp_path / 'second.last.h5'}' does not exist; "
         "train from the start (--initial-epoch 0) or name the saved model with --model-file"]
 
 
@@ -68,7 +61,7 @@ def test_epochs_must_be_above_initial_epoch(small_dataset, tmp_path):
 def test_initial_epoch_must_match_the_saved_model(small_dataset, tmp_path):
     model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(2)])
-    keras_tools.save_run(model, str(tmp_path / "second.h5"), ["apple", "berry"], keras_tools.BestEpoch(), 4, {})
+    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4)
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 3, "--epochs", 6)
     assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.h5'}' after epoch 3: "
                                   f"'{tmp_path / 'second.last.h5'}' holds the model after epoch 4; "
@@ -80,7 +73,7 @@ def test_resuming_with_another_image_size_is_a_clear_error(small_dataset, tmp_pa
     model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="adadelta", loss="categorical_crossentropy")
-    keras_tools.save_run(model, str(tmp_path / "second.h5"), ["apple", "berry"], keras_tools.BestEpoch(), 4, {})
+    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4)
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6,
                                 "--image-size", 40)
     assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it takes "

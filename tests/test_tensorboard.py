@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import image_files
-import keras_tools
+import reports
 from helpers import make_images, run_in_process
 
 FIRST_MODEL_EPOCHS = 11  # CONFUSION_MATRIX_EVERY is 10: one matrix after epoch 10, one at the end
@@ -237,7 +236,7 @@ def test_hparams_dashboard_compares_the_runs(tensorboard, logs):
 def test_report_counts_right():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predictions = np.array([0, 0, 1, 1, 1, 1])
-    report = keras_tools.report_table(labels, predictions, ["ant", "bee", "cat"]).splitlines()
+    report = reports.report_table(labels, predictions, ["ant", "bee", "cat"]).splitlines()
     assert report[2] == "| ant | 1.000 | 0.667 | 3 |"
     assert report[3] == "| bee | 0.500 | 1.000 | 2 |"
     assert report[4] == "| cat | n/a | 0.000 | 1 |"  # never predicted: no precision
@@ -246,25 +245,21 @@ def test_report_counts_right():
 
 def test_pictures_fit_their_content():
     counts = np.array([[5, 1], [0, 6]])
-    two_classes = image_files.draw_confusion_matrix(counts, ["ant", "bee"], "after epoch 1")
-    long_names = image_files.draw_confusion_matrix(counts, ["a" * 40, "b" * 40], "after epoch 1")
+    two_classes = reports.draw_confusion_matrix(counts, ["ant", "bee"], "after epoch 1")
+    long_names = reports.draw_confusion_matrix(counts, ["a" * 40, "b" * 40], "after epoch 1")
     assert two_classes.mode == "RGB" and long_names.width > two_classes.width
     tiles = [Image.new("RGB", size) for size in ((30, 20), (300, 600), (32, 32))]
-    grid = image_files.picture_grid(tiles, ["wide", "tall", "square"], columns=2, tile=100)
+    grid = reports.picture_grid(tiles, ["wide", "tall", "square"], columns=2, tile=100)
     assert grid.size == (200, 2 * (100 + 17 + 6))
     # Captions of several lines make the rows taller, not the letters smaller.
-    grid = image_files.picture_grid(tiles, ["a\nb\nc", "tall", "square"], columns=3, tile=100)
+    grid = reports.picture_grid(tiles, ["a\nb\nc", "tall", "square"], columns=3, tile=100)
     assert grid.size == (300, 100 + 3 * 17 + 6)
 
 
 def test_no_mistake_is_said_not_drawn_as_an_empty_grid(tmp_path):
-    import tensorflow as tf
-
-    run_log = tf.summary.create_file_writer(str(tmp_path))
     images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
-    keras_tools.log_validation(run_log, images, np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]),
-                               ["a/1.png", "b/2.png"], ["a", "b"], "after epoch 1", 0)
-    run_log.close()
+    reports.log_validation(str(tmp_path), images, np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]),
+                           ["a/1.png", "b/2.png"], ["a", "b"], "after epoch 1", 0)
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     events.Reload()
     [event] = events.Tensors("misclassified_validation_images")

@@ -8,8 +8,8 @@ import re
 import h5py
 import pytest
 
-import keras_tools
-from helpers import FINAL_LINE, logged_scalars, make_images, run_in_process, stderr_lines
+import training
+from helpers import save_model, FINAL_LINE, logged_scalars, make_images, run_in_process, stderr_lines
 
 SCRIPTS = ["FirstModel", "SecondModel"]
 
@@ -64,7 +64,7 @@ def test_keeps_the_epoch_of_highest_val_accuracy_and_the_last_beside_it(script, 
     assert float(final.group(3)) == pytest.approx(val_losses[kept - 1], abs=1e-4)
     assert float(final.group(4)) == pytest.approx(max(val_accuracies), abs=1e-4)
     assert (f"Kept in {model_file}: epoch {kept} of 6, the one of highest val_accuracy; the last epoch, "
-            f"which --initial-epoch resumes, is in {tmp_path / 'model.last.h5'}") in result.stdout
+            f"which --initial-epoch goes on from, is in {tmp_path / 'model.last.h5'}") in result.stdout
     # The last epoch is beside it, with its own figures.
     last_epoch, last_metrics = saved_epoch(tmp_path / "model.last.h5")
     assert last_epoch == 6
@@ -136,20 +136,20 @@ class FakeModel:
 
 
 def test_the_epoch_kept_has_the_highest_val_accuracy_then_the_lowest_val_loss():
-    model, best_epoch = FakeModel(), keras_tools.BestEpoch()
+    model, best_epoch = FakeModel(), training.BestEpoch()
     best_epoch.set_model(model)
     for epoch, (val_accuracy, val_loss) in enumerate([(0.5, 0.6), (0.75, 0.9), (0.75, 0.8), (0.7, 0.1),
                                                       (0.75, 0.85)]):
         model.weights = epoch
         best_epoch.on_epoch_end(epoch, {"val_loss": val_loss, "val_accuracy": val_accuracy})
     assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (3, 2, 0.8)
-    # At the end of training the model holds the kept epoch, and the last is kept aside.
-    best_epoch.on_train_end()
-    assert (model.weights, best_epoch.last_weights) == (2, 4)
+    # What the model files get: the kept epoch, or the last when none was kept.
+    assert best_epoch.kept(5, {"val_loss": 0.85}, 4) == (3, best_epoch.metrics, 2)
+    assert training.BestEpoch().kept(5, {"val_loss": 0.85}, 4) == (5, {"val_loss": 0.85}, 4)
 
 
 def test_a_nan_val_loss_is_never_the_best_epoch():
-    model, best_epoch = FakeModel(), keras_tools.BestEpoch()
+    model, best_epoch = FakeModel(), training.BestEpoch()
     best_epoch.set_model(model)
     for epoch, val_loss in enumerate([float("nan"), 0.9, float("nan"), 0.7, 0.8]):
         model.weights = epoch
@@ -157,7 +157,7 @@ def test_a_nan_val_loss_is_never_the_best_epoch():
     assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (4, 3, 0.7)
 
     # A NaN kept by a run saved before this check is beaten by the first number.
-    resumed = keras_tools.BestEpoch(epoch=2, metrics={"val_loss": float("nan"), "val_accuracy": 0.9},
+    resumed = training.BestEpoch(epoch=2, metrics={"val_loss": float("nan"), "val_accuracy": 0.9},
                                     weights="old")
     resumed.set_model(model)
     resumed.on_epoch_end(5, {"val_loss": 1.5, "val_accuracy": 0.25})
@@ -170,11 +170,9 @@ def test_the_model_file_holds_the_kept_weights_and_the_last_file_the_last(tmp_pa
 
     model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(1, use_bias=False)])
     kept_weights = [np.array([[1.0], [2.0]])]
-    best_epoch = keras_tools.BestEpoch(epoch=3, metrics={"val_loss": 0.5, "val_accuracy": 0.75},
-                                       weights=kept_weights)
     model.set_weights([np.array([[7.0], [8.0]])])  # the last epoch, 5, still in the model
-    keras_tools.save_run(model, str(tmp_path / "model.h5"), ["ant", "bee"], best_epoch, 5,
-                         {"val_loss": 0.9, "val_accuracy": 0.5})
+    save_model(model, tmp_path / "model.h5", ["ant", "bee"], 5, {"val_loss": 0.9, "val_accuracy": 0.5},
+               kept=(3, {"val_loss": 0.5, "val_accuracy": 0.75}, kept_weights))
 
     def saved_weights(name):
         return keras.models.load_model(tmp_path / name).get_weights()[0].ravel().tolist()

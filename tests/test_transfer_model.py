@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import pytest
 
-import keras_tools
+import photos
+import training
 from helpers import (FINAL_LINE, MOBILENET_WEIGHTS, REPO, assert_one_line_error, logged_scalars, make_images,
                      run_in_process, saved_epoch, stderr_lines)
 
@@ -30,9 +31,9 @@ def run_fresh(*args, cwd, keras_home):
                           cwd=cwd, capture_output=True, text=True, env=env)
 
 
-def test_a_run_from_keras_cache_goes_on_and_classifies_in_another_process(keras_home, photos, tmp_path):
+def test_a_run_from_keras_cache_goes_on_and_classifies_in_another_process(keras_home, colours, tmp_path):
     """Trained in a new process from Keras' cache; its file resumed, and read by --predict, in this one."""
-    train_dir, validation_dir = photos
+    train_dir, validation_dir = colours
     result = run_fresh("--train-dir", train_dir, "--validation-dir", validation_dir, "--epochs", 1,
                        "--image-size", 32, "--batch-size", 8, "--log-dir", tmp_path / "logs", cwd=tmp_path,
                        keras_home=keras_home)
@@ -43,14 +44,14 @@ def test_a_run_from_keras_cache_goes_on_and_classifies_in_another_process(keras_
     assert "To classify photos with it: python" in result.stdout
     assert saved_epoch(tmp_path / "TransferModel.last.h5") == 1
 
-    # The file alone classifies photos: in any Keras program, and by --predict.
+    # The file alone classifies colours: in any Keras program, and by --predict.
     model = keras.models.load_model(tmp_path / "TransferModel.h5")
     predicted = run_in_process("TransferModel.py", "--predict", validation_dir, cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     lines = [line.split("\t") for line in predicted.stdout.splitlines()]
     assert len(lines) == 12
-    images, _ = keras_tools.image_files.read_images([path for path, _, _ in lines], 32)
-    probabilities = model.predict(keras_tools.network_input(images), verbose=0)
+    images, _ = photos.read_images([path for path, _, _ in lines], 32)
+    probabilities = model.predict(training.network_input(images), verbose=0)
     class_names = ["apple", "berry", "cherry"]
     assert [class_name for _, class_name, _ in lines] == [class_names[index] for index in probabilities.argmax(1)]
     assert np.allclose([float(probability) for _, _, probability in lines], probabilities.max(1), atol=1e-4)
@@ -81,12 +82,12 @@ def test_offline_the_first_run_names_the_file_its_address_and_the_folder(tmp_pat
     assert not list(tmp_path.glob("*.h5")) and not (empty_home / "models" / MOBILENET_WEIGHTS).exists()
 
 
-def test_weights_that_do_not_fit_are_one_line(photos, tmp_path):
+def test_weights_that_do_not_fit_are_one_line(colours, tmp_path):
     not_weights = tmp_path / "notes.h5"
     not_weights.write_text("not a weights file")
     other_shapes = tmp_path / "other.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(other_shapes)
-    train_dir, validation_dir = photos
+    train_dir, validation_dir = colours
     for weights in (not_weights, other_shapes):
         result = run_in_process("TransferModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                                 "--weights", weights, cwd=tmp_path)
@@ -135,7 +136,7 @@ def test_each_backbone_gets_its_own_preprocess_input(backbone, monkeypatch):
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype("uint8")
     assert [layer.name for layer in model.layers[1:3]] == ["preprocess_input", "base"]  # a chain
     received = keras.Model(model.inputs, model.get_layer("preprocess_input").output)(
-        keras_tools.network_input(pixels))
+        training.network_input(pixels))
     expected = getattr(keras.applications, module).preprocess_input(pixels.astype("float32"))
     assert np.allclose(received, expected, atol=1e-3)
     keras.backend.clear_session()

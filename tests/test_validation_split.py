@@ -13,8 +13,7 @@ from PIL import Image, ImageEnhance
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-import image_files
-import keras_tools
+import photos
 from helpers import MOBILENET_WEIGHTS, REPO, assert_one_line_error, make_images, run_in_process, stderr_lines
 
 CLASS_NAMES = ["apple", "berry"]
@@ -41,7 +40,7 @@ def plant_copies(photo, folder, prefix):
 
 def split_of(train_dir, fraction=0.25, seed=5):
     """{path within the folder: held out} of train_dir, as the scripts split it."""
-    (_, train_labels), (_, _, names), _ = image_files.read_training_and_validation(
+    (_, train_labels), (_, _, names), _ = photos.read_training_and_validation(
         str(train_dir), None, CLASS_NAMES, 32, fraction, seed)
     paths = [str(path.relative_to(train_dir)) for path in sorted(train_dir.glob("*/*"))]
     assert len(train_labels) + len(names) == len(paths)
@@ -71,7 +70,7 @@ def test_the_split_is_the_same_on_every_system():
     names = {"cats": ["IMG_0001.jpg", "IMG_0002.jpg", os.path.join("holiday", "IMG_0003.jpg"), "IMG_0004.jpg"],
              "dogs": ["a.png", "b.png", "c.png", "d.png"]}
     paths = [os.path.join("photos", class_name, name) for class_name in names for name in names[class_name]]
-    held = image_files.held_out("photos", paths, np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.arange(8), list(names),
+    held = photos.held_out("photos", paths, np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.arange(8), list(names),
                                 0.5, 2018)
     assert held.tolist() == [True, False, True, True, True, False, False, True]
 
@@ -141,19 +140,19 @@ def test_the_same_photo_in_two_classes_of_one_folder_is_named(tmp_path, capsys):
 
 def test_an_unrelated_set_gives_no_near_duplicates():
     """The bundled shapes: 341 training and 87 validation images, none a copy of another."""
-    images, _, _ = image_files.read_image_folder(REPO / "data" / "train", ["circle", "square", "star", "triangle"],
+    images, _, _ = photos.read_image_folder(REPO / "data" / "train", ["circle", "square", "star", "triangle"],
                                                  150, "training")
-    hashes = image_files.perceptual_hashes(images)
-    validation, _, _ = image_files.read_image_folder(REPO / "data" / "validation",
+    hashes = photos.perceptual_hashes(images)
+    validation, _, _ = photos.read_image_folder(REPO / "data" / "validation",
                                                      ["circle", "square", "star", "triangle"], 150, "validation")
-    assert image_files.near_duplicates(hashes) == []
-    assert image_files.near_duplicates(image_files.perceptual_hashes(validation), hashes) == []
+    assert photos.near_duplicates(hashes) == []
+    assert photos.near_duplicates(photos.perceptual_hashes(validation), hashes) == []
 
 
 def test_long_lists_are_cut_at_20_lines_with_the_count():
-    table = image_files.near_duplicate_table([(f"v{index}.png", 0, f"t{index}.png", 0) for index in range(25)],
+    table = photos.near_duplicate_table([(f"v{index}.png", 0, f"t{index}.png", 0) for index in range(25)],
                                              CLASS_NAMES)
-    lines = image_files.first_lines(table).split("\n")
+    lines = photos.first_lines(table).split("\n")
     assert len(lines) == 22 and lines[-2] == "v19.png\tapple\tt19.png\tapple" and lines[-1] == "and 5 more"
 
 
@@ -240,9 +239,3 @@ def test_check_labels_looks_at_the_whole_folder(tmp_path):
     heading = lines.index("1 training images whose label looks wrong, the most suspect first (path, given class, "
                           "its probability, likely class):")
     assert lines[heading + 1].startswith(f"{wrong}\tberry\t") and lines[heading + 1].endswith("\tapple")
-
-
-def test_the_command_that_goes_on_after_a_stop_keeps_the_split():
-    command = keras_tools.command_line("FirstModel.py", {"train_dir": "photos", "validation_dir": None,
-                                                         "validation_split": 0.2, "seed": 3, "initial_epoch": 7})
-    assert command == "python FirstModel.py --train-dir photos --validation-split 0.2 --seed 3 --initial-epoch 7"

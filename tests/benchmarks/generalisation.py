@@ -85,7 +85,7 @@ def stratified_split(train_dir, class_names):
     split = {"training": ([], []), "choice": ([], [])}
     for index, class_name in enumerate(class_names):
         class_dir = os.path.join(train_dir, class_name)
-        paths = [os.path.join(class_dir, name) for name in image_files.list_images(class_dir)]
+        paths = [os.path.join(class_dir, name) for name in photos.list_images(class_dir)]
         chosen = set(rng.permutation(len(paths))[:round(len(paths) * CHOICE_FRACTION)])
         for position, path in enumerate(paths):
             role = "choice" if position in chosen else "training"
@@ -98,13 +98,13 @@ def read_splits(data_dir, image_size):
     """{split: (uint8 images, labels)} and the class names."""
     import image_files
 
-    class_names = image_files.class_names(str(data_dir / "train"), "training")
+    class_names = photos.class_folder_names(str(data_dir / "train"), "training")
     splits = {}
     for role, (paths, labels) in zip(("training", "choice"),
                                      stratified_split(str(data_dir / "train"), class_names)):
-        images, readable = image_files.read_images(paths, image_size)
+        images, readable = photos.read_images(paths, image_size)
         splits[role] = images, np.array(labels, dtype=np.int64)[readable]
-    test_images, test_labels, _ = image_files.read_image_folder(
+    test_images, test_labels, _ = photos.read_image_folder(
         str(data_dir / "validation"), class_names, image_size, "test")
     splits["test"] = test_images, test_labels
     return splits, class_names
@@ -140,11 +140,11 @@ def run_cnn(args, data_dir):
     num_classes = len(class_names)
     keras.utils.set_random_seed(args.seed)
 
-    train_batches = keras_tools.training_batches(train_images, train_labels, num_classes,
+    train_batches = training.training_batches(train_images, train_labels, num_classes,
                                                  settings["batch_size"], args.seed, settings["augmentation"])
     if settings["mixup"]:
         # Each batch mixed with another, shuffled independently, by a Beta(a, a) share.
-        others = keras_tools.training_batches(train_images, train_labels, num_classes,
+        others = training.training_batches(train_images, train_labels, num_classes,
                                               settings["batch_size"], args.seed + 1, settings["augmentation"])
         alpha = settings["mixup"]
 
@@ -155,7 +155,7 @@ def run_cnn(args, data_dir):
             return (share * first[0][:size] + (1 - share) * second[0][:size],
                     share * first[1][:size] + (1 - share) * second[1][:size])
         train_batches = tf.data.Dataset.zip(train_batches, others).map(mix)
-    choice_batches = keras_tools.validation_batches(*splits["choice"], num_classes, 32)
+    choice_batches = training.validation_batches(*splits["choice"], num_classes, 32)
     model = script.build_model(settings["image_size"], num_classes)
     model.compile(optimizer=keras.optimizers.Adadelta(learning_rate=settings["learning_rate"], use_ema=True,
                                                       ema_momentum=EMA_MOMENTUM),
@@ -168,7 +168,7 @@ def run_cnn(args, data_dir):
 
     # Both splits and their mirror images, predicted in one call per set of weights.
     roles = ("choice", "test")
-    inputs = tf.concat([keras_tools.network_input(splits[role][0]) for role in roles], axis=0)
+    inputs = tf.concat([training.network_input(splits[role][0]) for role in roles], axis=0)
     inputs = tf.concat([inputs, inputs[:, :, ::-1]], axis=0)
     ends = np.cumsum([0] + [len(splits[role][1]) for role in roles])
     record = collections.defaultdict(dict, {name: [] for name in (

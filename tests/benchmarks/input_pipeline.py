@@ -86,7 +86,7 @@ def measure(pipeline, data_dir, batch_size, epochs):
 
     keras.utils.set_random_seed(0)
     train_dir, validation_dir = data_dir / "train", data_dir / "validation"
-    names, _, _ = image_files.check_image_folders(train_dir, validation_dir)
+    names, _, _ = photos.check_image_folders(train_dir, validation_dir)
     size = FirstModel.IMAGE_SIZE
     augmentation = ImageDataGenerator(**FirstModel.AUGMENTATION)
     read_seconds = 0.0
@@ -102,16 +102,16 @@ def measure(pipeline, data_dir, batch_size, epochs):
     else:
         started = time.perf_counter()
         # The scripts' own read; its "Read N images" line goes before the figures' JSON line.
-        train_images, train_labels, _ = image_files.read_image_folder(train_dir, names, size, "training")
-        validation_images, validation_labels, _ = image_files.read_image_folder(
+        train_images, train_labels, _ = photos.read_image_folder(train_dir, names, size, "training")
+        validation_images, validation_labels, _ = photos.read_image_folder(
             validation_dir, names, size, "validation")
         read_seconds = time.perf_counter() - started
         image_count = len(train_images)
         if pipeline == "in-memory":
             fit_arguments = dict(
-                x=keras_tools.training_batches(train_images, train_labels, len(names),
+                x=training.training_batches(train_images, train_labels, len(names),
                                                batch_size, 0, FirstModel.AUGMENTATION),
-                validation_data=keras_tools.validation_batches(
+                validation_data=training.validation_batches(
                     validation_images, validation_labels, len(names), batch_size))
         else:
             def tensors(images, labels):

@@ -63,8 +63,8 @@ CHANGES = {
 
 def read_set(folder):
     """(images, paths) of a folder's class folders, as the scripts read them."""
-    class_names = image_files.class_names(str(folder), "data")
-    images, _, paths = image_files.read_image_folder(str(folder), class_names, IMAGE_SIZE, "data")
+    class_names = photos.class_folder_names(str(folder), "data")
+    images, _, paths = photos.read_image_folder(str(folder), class_names, IMAGE_SIZE, "data")
     return images, paths
 
 
@@ -74,11 +74,11 @@ def as_network_input(image):
 
 
 def at_threshold(bits, function, *args):
-    saved, image_files.NEAR_DUPLICATE_BITS = image_files.NEAR_DUPLICATE_BITS, bits
+    saved, photos.NEAR_DUPLICATE_BITS = photos.NEAR_DUPLICATE_BITS, bits
     try:
         return function(*args)
     finally:
-        image_files.NEAR_DUPLICATE_BITS = saved
+        photos.NEAR_DUPLICATE_BITS = saved
 
 
 def planted(name, train_hashes, train_paths):
@@ -88,11 +88,11 @@ def planted(name, train_hashes, train_paths):
     print("| change | " + " | ".join(f"{bits} bits" for bits in THRESHOLDS) + " |")
     print("|---|" + "---|" * len(THRESHOLDS))
     for change, make in CHANGES.items():
-        copies = np.stack([as_network_input(make(image_files.read_rgb(train_paths[index]))) for index in chosen])
-        copy_hashes = image_files.perceptual_hashes(copies)
+        copies = np.stack([as_network_input(make(photos.read_rgb(train_paths[index]))) for index in chosen])
+        copy_hashes = photos.perceptual_hashes(copies)
         cells = []
         for bits in THRESHOLDS:
-            pairs = at_threshold(bits, image_files.near_duplicates, copy_hashes, train_hashes)
+            pairs = at_threshold(bits, photos.near_duplicates, copy_hashes, train_hashes)
             found = {copy for copy, original in pairs if original == chosen[copy]}
             others = {copy for copy, original in pairs if original != chosen[copy]}
             cells.append(f"{len(found)} / {len(others)}")
@@ -101,16 +101,16 @@ def planted(name, train_hashes, train_paths):
 
 def as_they_are(name, folder, train_images, train_hashes, train_paths, pictures):
     validation_images, validation_paths = read_set(folder / "validation")
-    validation_hashes = image_files.perceptual_hashes(validation_images)
+    validation_hashes = photos.perceptual_hashes(validation_images)
     print(f"\n### {name} as it is: pairs found within train/ and between validation/ and train/\n")
     print("| threshold | within train/ | validation/ to train/ |")
     print("|---|---|---|")
     for bits in THRESHOLDS:
-        within = at_threshold(bits, image_files.near_duplicates, train_hashes)
-        across = at_threshold(bits, image_files.near_duplicates, validation_hashes, train_hashes)
+        within = at_threshold(bits, photos.near_duplicates, train_hashes)
+        across = at_threshold(bits, photos.near_duplicates, validation_hashes, train_hashes)
         print(f"| {bits} bits | {len(within)} | {len(across)} |")
-    within = image_files.near_duplicates(train_hashes)
-    across = image_files.near_duplicates(validation_hashes, train_hashes)
+    within = photos.near_duplicates(train_hashes)
+    across = photos.near_duplicates(validation_hashes, train_hashes)
     for label, pairs, first_paths in (("within", within, train_paths), ("across", across, validation_paths)):
         for first, second in pairs:
             print(f"{label}\t{os.path.relpath(first_paths[first], folder)}\t"
@@ -123,7 +123,7 @@ def as_they_are(name, folder, train_images, train_hashes, train_paths, pictures)
                 tiles += [Image.fromarray(first_images[first]), Image.fromarray(train_images[second])]
                 captions += [os.path.relpath(first_paths[first], folder), os.path.relpath(train_paths[second], folder)]
         picture = Path(pictures) / f"near_duplicates_{name}.png"
-        image_files.picture_grid(tiles, captions, columns=4, tile=150).save(picture)
+        reports.picture_grid(tiles, captions, columns=4, tile=150).save(picture)
         print(f"(pairs drawn in {picture})")
 
 
@@ -132,13 +132,13 @@ def main():
     parser.add_argument("--pictures", help="a folder to draw the pairs found in, to look at by eye")
     args = parser.parse_args()
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"the scripts' threshold: {image_files.NEAR_DUPLICATE_BITS} bits of 256")
+          f"the scripts' threshold: {photos.NEAR_DUPLICATE_BITS} bits of 256")
     for name, folder in DATA_SETS.items():
         if not folder.is_dir():
             print(f"{name}: not found in {folder}, skipped")
             continue
         train_images, train_paths = read_set(folder / "train")
-        train_hashes = image_files.perceptual_hashes(train_images)
+        train_hashes = photos.perceptual_hashes(train_images)
         planted(name, train_hashes, train_paths)
         as_they_are(name, folder, train_images, train_hashes, train_paths, args.pictures)
 
@@ -147,9 +147,9 @@ def main():
     validation_images, _ = read_set(REPO / "data" / "validation")
     for attempt in range(3):
         started = time.perf_counter()
-        train_hashes = image_files.perceptual_hashes(train_images)
-        image_files.near_duplicates(train_hashes)
-        image_files.near_duplicates(image_files.perceptual_hashes(validation_images), train_hashes)
+        train_hashes = photos.perceptual_hashes(train_images)
+        photos.near_duplicates(train_hashes)
+        photos.near_duplicates(photos.perceptual_hashes(validation_images), train_hashes)
         print(f"bundled set, {len(train_images) + len(validation_images)} images at {IMAGE_SIZE}x{IMAGE_SIZE}: "
               f"{time.perf_counter() - started:.2f} s")
 

@@ -103,11 +103,11 @@ def run(args):
     if TransferModel.FINE_TUNE_EPOCHS:
         import keras_tools
         fine_tuned = TransferModel.set_stage(model, 2)
-        test_batches = keras_tools.validation_batches(*splits["test"], num_classes, batch_size).map(lambda x, y: x)
+        test_batches = training.validation_batches(*splits["test"], num_classes, batch_size).map(lambda x, y: x)
         fine_tuned.fit(
-            keras_tools.training_batches(*splits["training"], num_classes, batch_size, args.seed,
+            training.training_batches(*splits["training"], num_classes, batch_size, args.seed,
                                          TransferModel.AUGMENTATION),
-            validation_data=keras_tools.validation_batches(*splits["choice"], num_classes, batch_size),
+            validation_data=training.validation_batches(*splits["choice"], num_classes, batch_size),
             epochs=TransferModel.FEATURE_EPOCHS + TransferModel.FINE_TUNE_EPOCHS,
             initial_epoch=TransferModel.FEATURE_EPOCHS, shuffle=False, callbacks=[Recorder(test_batches)], verbose=0)
     bar = LogisticRegressionCV(Cs=10, cv=5, max_iter=5000).fit(features["training"], splits["training"][1])

@@ -1,18 +1,20 @@
-"""A model's four files are one set, and a full disk never costs the set saved before."""
+"""Model files are written whole, under a hidden name renamed into place: a save cut short, a full
+disk or a file-size limit never leaves half a file, nor costs the files saved before."""
 
 import contextlib
 import hashlib
 import os
 import struct
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 import FirstModel
-import image_files
-import keras_tools
-from helpers import assert_one_line_error, make_images, run_in_process, set_mark
+import reports
+import runs
+from helpers import assert_one_line_error, make_images, run_in_process, save_model
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="a file-size limit (ulimit -f) is a POSIX matter")
 SET = ["model.h5", "model.weights.h5", "model.last.h5", "model.last.weights.h5"]
@@ -26,48 +28,50 @@ def snapshot(folder):
 def save_a_set(model_file, epoch, image_size=32):
     model = FirstModel.build_model(image_size, 2)
     FirstModel.compile_model(model)
-    keras_tools.save_run(model, str(model_file), ["apple", "berry"], keras_tools.BestEpoch(), epoch, {})
+    save_model(model, model_file, ["apple", "berry"], epoch)
 
 
-def test_every_file_of_a_set_carries_the_same_mark_and_each_save_a_new_one(tmp_path):
+def writer(text, fail=False):
+    def save(path):
+        with open(path, "w") as file:
+            file.write(text)
+        if fail:
+            raise OSError(28, "No space left on device")
+    return save
+
+
+def test_files_are_replaced_only_once_all_are_written(tmp_path):
+    for name in SET:
+        (tmp_path / name).write_text(f"old {name}")
+    # The third file fails (a full disk): none is replaced, not even the first two, nothing is
+    # left behind, and the error names the file in one line.
+    with pytest.raises(runs.DataError) as failed:
+        runs.write_whole({str(tmp_path / name): writer(f"new {name}", fail=index == 2) for index, name in enumerate(SET)})
+    assert str(failed.value).startswith(f"cannot write '{tmp_path / 'model.last.h5'}' "
+                                        "(No space left on device): nothing was replaced")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(SET)
+    assert all((tmp_path / name).read_text() == f"old {name}" for name in SET)
+    runs.write_whole({str(tmp_path / name): writer(f"new {name}") for name in SET})
+    assert all((tmp_path / name).read_text() == f"new {name}" for name in SET)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(SET)
+
+
+def test_a_model_save_cut_short_leaves_the_model_saved_before(tmp_path, monkeypatch):
+    """Keras raises half-way through writing the file (as h5py does on a damaged drive)."""
     save_a_set(tmp_path / "model.h5", 1)
-    first = {name: set_mark(tmp_path / name) for name in SET}
-    assert len(set(first.values())) == 1 and None not in first.values()
-    save_a_set(tmp_path / "model.h5", 2)
-    second = {name: set_mark(tmp_path / name) for name in SET}
-    assert len(set(second.values())) == 1 and second != first
+    saved = snapshot(tmp_path)
 
+    def half_a_model(model, path, *args, **kwargs):
+        with open(path, "wb") as file:
+            file.write(b"\x89HDF half a model")
+        raise RuntimeError("Can't decrement id ref count (unable to extend file properly)")
 
-def test_a_set_cut_between_its_renames_is_refused_in_one_line(small_dataset, tmp_path, monkeypatch):
-    """Power lost half-way through renaming a new set into place: the model file is new, the last
-    epoch's file still the old one. Resuming says so, and which file to go on from."""
-    save_a_set(tmp_path / "model.h5", 2)
-    replace, renamed = os.replace, []
-
-    def power_lost_after_two(source, destination):
-        if len(renamed) == 2:
-            raise SystemExit("the machine stops here")
-        renamed.append(destination)
-        replace(source, destination)
-
-    monkeypatch.setattr(image_files.os, "replace", power_lost_after_two)
-    with pytest.raises(SystemExit):
+    monkeypatch.setattr(keras.Model, "save", half_a_model)
+    with pytest.raises(runs.DataError, match=r"cannot write '.*model.h5' \(Can't decrement id ref count"):
         save_a_set(tmp_path / "model.h5", 2)
     monkeypatch.undo()
-    assert [os.path.basename(path) for path in renamed] == ["model.h5", "model.weights.h5"]
-
-    train_dir, validation_dir = small_dataset
-    arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 32,
-                 "--batch-size", 4, "--epochs", 3, "--initial-epoch", 2, "--log-dir", tmp_path / "logs"]
-    refused = run_in_process("FirstModel.py", *arguments, "--model-file", tmp_path / "model.h5", cwd=tmp_path)
-    assert_one_line_error(refused, f"cannot resume '{tmp_path / 'model.h5'}': it and '{tmp_path / 'model.last.h5'}' "
-                                   "were not saved together", f"--model-file {tmp_path / 'model.last.h5'}")
-    assert "Epoch" not in refused.stdout
-
-    # The line's advice works: the last epoch alone goes on.
-    resumed = run_in_process("FirstModel.py", *arguments, "--model-file", tmp_path / "model.last.h5", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Epoch 3/3" in resumed.stdout
+    assert snapshot(tmp_path) == saved
+    assert keras.models.load_model(tmp_path / "model.h5").output_shape == (None, 2)
 
 
 @contextlib.contextmanager
@@ -110,9 +114,10 @@ def test_model_files_over_the_limit_fail_in_one_line_and_keep_the_earlier_set(sm
         result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                                 "--image-size", 64, "--batch-size", 4, "--epochs", 1, "--log-dir", tmp_path / "logs",
                                 "--model-file", models / "model.h5", cwd=tmp_path)
-    assert_one_line_error(result, f"FirstModel.py: error: cannot write '{models / 'model.h5'}' (File too large): "
-                                  "nothing was replaced")
-    assert "3/3 - " in result.stdout  # trained, then could not save
+    # The first file written: the run's state after its first epoch.
+    assert_one_line_error(result, f"FirstModel.py: error: cannot write '{models / 'model.checkpoint.weights.h5'}' "
+                                  "(File too large): nothing was replaced")
+    assert "TensorBoard run: " in result.stdout  # trained, then could not save
     assert snapshot(models) == before  # byte for byte, and nothing beside it
 
 
@@ -123,41 +128,34 @@ def test_tensorboard_files_over_the_limit_fail_in_one_line_and_keep_the_earlier_
     models, before = earlier_set
     arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 64,
                  "--batch-size", 4, "--epochs", 1, "--model-file", models / "model.h5"]
-    # The run's own events file: its pictures of the training images are written before training,
-    # the confusion matrix and mistakes after the last epoch; the limit falls between. (TensorFlow
-    # tells of a write it could not make at a later flush, if at all: a limit before training is
-    # found at the end too.)
+    # The run's own events file: its settings, then its pictures of the training images, written
+    # before training; the limit falls between.
     measured = run_in_process("FirstModel.py", *arguments, "--log-dir", tmp_path / "measured",
                               "--model-file", tmp_path / "measured.h5", cwd=tmp_path)
     assert measured.returncode == 0, measured.stderr
     [events_file] = next((tmp_path / "measured").iterdir()).glob("events.out.tfevents.*")
-    training_images_end = events_records(events_file)[2]  # the file's version, the HParams, the pictures
-    limit = training_images_end + 100
+    limit = events_records(events_file)[1] + 100  # the file's version, the HParams
 
     with file_size_limit(limit):
         result = run_in_process("FirstModel.py", *arguments, "--log-dir", tmp_path / "logs", cwd=tmp_path)
     [run_dir] = (tmp_path / "logs").iterdir()
-    [events_file] = run_dir.glob("events.out.tfevents.*")
-    assert_one_line_error(result, f"FirstModel.py: error: cannot write TensorBoard's file '{events_file}' "
-                                  "(File too large)", "--log-dir")
-    assert "3/3 - " in result.stdout
+    assert_one_line_error(result, f"FirstModel.py: error: cannot write TensorBoard's events in '{run_dir}': free "
+                                  "some space, or choose another --log-dir")
+    assert "Epoch" not in result.stdout
     assert snapshot(models) == before
 
 
 @POSIX_ONLY
 def test_a_tensorboard_file_over_the_limit_is_named_in_one_line(tmp_path):
     """As the scripts write their pictures, before training or after it."""
-    import tensorflow as tf
-
-    run_log = tf.summary.create_file_writer(str(tmp_path / "run"))
+    run_dir = str(tmp_path / "run")
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
-    with file_size_limit(100_000), pytest.raises(image_files.DataError) as refused:
+    with file_size_limit(100_000), pytest.raises(runs.DataError) as refused:
         # TensorFlow tells of the picture it could not write at a later, small record.
-        keras_tools.log_picture(run_log, "noise", noise, 0, "300 KB of noise")
-        keras_tools.log_text(run_log, "report", "a table", 0)
-    [events_file] = (tmp_path / "run").glob("events.out.tfevents.*")
-    assert str(refused.value) == (f"cannot write TensorBoard's file '{events_file}' (File too large): "
-                                  "free some space, or choose another --log-dir")
+        reports.log_picture(run_dir, "noise", noise, 0, "300 KB of noise")
+        reports.log_text(run_dir, "report", "a table", 0)
+    assert str(refused.value) == (f"cannot write TensorBoard's events in '{run_dir}': free some space, or choose "
+                                  "another --log-dir")
 
 
 @POSIX_ONLY
