@@ -14,7 +14,7 @@ docs/generalisation.md says how it was run and what came out. Three splits per d
 
 Data sets: sign_digits4 and flowers4 in ../shared/datasets (skipped with a message when
 absent), bundled = data/. A CNN run trains the script's own build_model with the
-script's own batches (keras_tools), its settings those of the script ("defaults") or
+script's own batches (training.py), its settings those of the script ("defaults") or
 of VARIANTS below, and records, every epoch, the accuracy on the choice and test splits
 of the weights as trained and of their exponential moving average (Keras' use_ema, which
 does not change training), each alone and averaged with the mirror image's prediction. An SVM run trains SVMModel's pipeline with its grid
@@ -79,7 +79,7 @@ SVM_VARIANTS = {
 
 def stratified_split(train_dir, class_names):
     """(training paths, labels), (choice paths, labels): CHOICE_FRACTION of each class."""
-    import image_files
+    import photos
 
     rng = np.random.default_rng(SPLIT_SEED)
     split = {"training": ([], []), "choice": ([], [])}
@@ -96,7 +96,7 @@ def stratified_split(train_dir, class_names):
 
 def read_splits(data_dir, image_size):
     """{split: (uint8 images, labels)} and the class names."""
-    import image_files
+    import photos
 
     class_names = photos.class_folder_names(str(data_dir / "train"), "training")
     splits = {}
@@ -124,10 +124,14 @@ def cnn_settings(model, variant, script):
 
 
 def run_cnn(args, data_dir):
-    import keras_tools  # first: TensorFlow starts there
+    import runs
+
+    runs.start("generalisation.py")  # first: TensorFlow starts quietly
 
     import keras
     import tensorflow as tf
+
+    import training
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -215,7 +219,7 @@ def run_cnn(args, data_dir):
 
 
 def run_svm(args, data_dir):
-    import SVMModel  # TensorFlow starts quietly in its keras_tools
+    import SVMModel  # TensorFlow starts quietly in its runs.start()
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import SVC

@@ -81,8 +81,8 @@ def measure(pipeline, data_dir, batch_size, epochs):
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     import FirstModel
-    import keras_tools
-    import image_files
+    import photos
+    import training
 
     keras.utils.set_random_seed(0)
     train_dir, validation_dir = data_dir / "train", data_dir / "validation"

@@ -26,7 +26,7 @@ from PIL import Image, ImageEnhance
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import image_files  # noqa: E402
+import photos  # noqa: E402
 
 DATA_SETS = {name: REPO.parent / "shared" / "datasets" / name for name in ("sign_digits4", "flowers4")}
 IMAGE_SIZE = 150  # FirstModel's and SecondModel's
@@ -123,6 +123,8 @@ def as_they_are(name, folder, train_images, train_hashes, train_paths, pictures)
                 tiles += [Image.fromarray(first_images[first]), Image.fromarray(train_images[second])]
                 captions += [os.path.relpath(first_paths[first], folder), os.path.relpath(train_paths[second], folder)]
         picture = Path(pictures) / f"near_duplicates_{name}.png"
+        import reports  # TensorFlow with it: only for the pictures
+
         reports.picture_grid(tiles, captions, columns=4, tile=150).save(picture)
         print(f"(pairs drawn in {picture})")
 

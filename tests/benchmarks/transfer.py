@@ -53,7 +53,7 @@ def run(args):
         print(f"skipped: {data_dir} is not there")
         return
     os.chdir(REPO)
-    import TransferModel  # TensorFlow starts quietly in its keras_tools
+    import TransferModel  # TensorFlow starts quietly in its runs.start()
     import keras
     from sklearn.linear_model import LogisticRegressionCV
 
@@ -101,7 +101,7 @@ def run(args):
                    callbacks=[Recorder(features["test"])], verbose=0)
     stage_1_seconds = time.perf_counter() - started
     if TransferModel.FINE_TUNE_EPOCHS:
-        import keras_tools
+        import training
         fine_tuned = TransferModel.set_stage(model, 2)
         test_batches = training.validation_batches(*splits["test"], num_classes, batch_size).map(lambda x, y: x)
         fine_tuned.fit(
