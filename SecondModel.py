@@ -210,9 +210,19 @@ def main():
         checkpoint = training.Checkpoint(args.model_file, settings, best_epoch, args.initial_epoch, args.restart)
         if checkpoint.moved_aside:
             print(f"Starting again; the unfinished run is kept aside as {checkpoint.moved_aside}")
-        if not checkpoint.recorded:
-            training.check_resume(args.model_file, args.initial_epoch, split)
         keras.utils.set_random_seed(args.seed + checkpoint.epoch)
+
+        if args.initial_epoch and not checkpoint.recorded:
+            model = training.load_run(args.model_file, args.initial_epoch, split, args.image_size, len(class_names),
+                                      compile_model, best_epoch)
+            print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
+        else:
+            model = build_model(args.image_size, len(class_names))
+            compile_model(model)
+            if checkpoint.recorded:
+                checkpoint.restore(model)
+                print(f"Going on from epoch {checkpoint.epoch} of an unfinished run ({checkpoint.path})")
+        model.summary()
 
         # Not augmented; validation images come in a fixed order so that val_loss compares
         # epoch to epoch.
@@ -225,17 +235,6 @@ def main():
                                                   args.seed + checkpoint.epoch, AUGMENTATION)
         validation_batches = training.validation_batches(validation_images, validation_labels, len(class_names),
                                                          args.batch_size)
-
-        if args.initial_epoch and not checkpoint.recorded:
-            model = training.load_run(args.model_file, args.image_size, len(class_names), compile_model, best_epoch)
-            print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
-        else:
-            model = build_model(args.image_size, len(class_names))
-            compile_model(model)
-            if checkpoint.recorded:
-                checkpoint.restore(model)
-                print(f"Going on from epoch {checkpoint.epoch} of an unfinished run ({checkpoint.path})")
-        model.summary()
         class_weights = class_weights_of(train_labels, len(class_names))
         print("Class weights: " + ", ".join(
             f"{name} {class_weights[index]:.3f}" for index, name in enumerate(class_names)))

@@ -268,14 +268,12 @@ def main():
         checkpoint = training.Checkpoint(args.model_file, settings, best_epoch, args.initial_epoch, args.restart)
         if checkpoint.moved_aside:
             print(f"Starting again; the unfinished run is kept aside as {checkpoint.moved_aside}")
-        if not checkpoint.recorded:
-            training.check_resume(args.model_file, args.initial_epoch, split)
         keras.utils.set_random_seed(args.seed + checkpoint.epoch)
 
         # A new model starts from the ImageNet weights; one going on from a finished run has them in its file.
         if args.initial_epoch and not checkpoint.recorded:
             stage = 1 if args.initial_epoch < feature_epochs else 2
-            model = training.load_run(args.model_file, args.image_size, len(class_names),
+            model = training.load_run(args.model_file, args.initial_epoch, split, args.image_size, len(class_names),
                                       lambda model: set_stage(model, stage), best_epoch)
             print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
         else:

@@ -1,9 +1,6 @@
-"""Photo folders in, numbers out: checking the folders, reading the photos, splitting one folder
-in two, and writing new images beside a user's, never over one.
-
-A data set is a folder with one sub-folder of images per class (data/train/cats/001.jpg), the class
-names being the sub-folder names in sorted order, as flow_from_directory has them. check_* raise
-DataError, a problem the user can fix, told in one line.
+"""Photo folders in, numbers out: the folders checked, the photos read, one folder split in two with near-duplicates
+on one side, and new images written beside a user's, never over one. A data set is a folder with one sub-folder of
+images per class, the class names being the sub-folder names in sorted order, as flow_from_directory has them.
 """
 
 import concurrent.futures
@@ -23,75 +20,69 @@ from runs import DataError, readable_text, warn
 # The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
 
-# Photos up to Pillow's hard limit (about 179 megapixels) load without a warning;
-# larger ones raise DecompressionBombError and are skipped like unreadable files.
+# Photos up to Pillow's hard limit (about 179 megapixels) load without a warning; larger ones raise
+# DecompressionBombError and are skipped like unreadable files.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 # Checking the folders, before anything slow starts.
 
 def list_images(folder):
-    """Paths, relative to folder, of its images and its sub-folders', less hidden ones, in
-    flow_from_directory's order."""
+    """Paths, relative to folder, of its images and its sub-folders' (not hidden), in flow_from_directory's order."""
     found = []
     for root, sub_folders, names in os.walk(folder):
         sub_folders[:] = [name for name in sub_folders if not name.startswith(".")]
         found.append((root, sorted(name for name in names if not name.startswith(".")
                                    and name.lower().endswith(IMAGE_EXTENSIONS))))
-    return [os.path.relpath(os.path.join(root, name), folder) for root, names in sorted(found)
-            for name in names]
+    return [os.path.relpath(os.path.join(root, name), folder) for root, names in sorted(found) for name in names]
 
 
 def class_folder_names(data_dir, role):
     """Sorted class sub-folder names of data_dir; role ("training", ...) is for messages."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise DataError(f"{role} folder '{data_dir}' is a file, not a folder: "
-                        "name a folder with one sub-folder of images per class")
+        raise DataError(f"{role} folder '{data_dir}' is a file, not a folder: name a folder with one sub-folder of "
+                        "images per class")
     if not os.path.isdir(data_dir):
-        raise DataError(f"{role} folder '{data_dir}' does not exist: create it with one sub-folder of images "
-                        "per class" + (", or hold out photos of --train-dir with --validation-split 0.2"
-                                       if role == "validation" else ""))
+        raise DataError(f"{role} folder '{data_dir}' does not exist: create it with one sub-folder of images per class"
+                        + (", or hold out photos of --train-dir with --validation-split 0.2" if role == "validation"
+                           else ""))
     names = sorted(name for name in os.listdir(data_dir)
                    if not name.startswith(".") and os.path.isdir(os.path.join(data_dir, name)))
     if not names:
-        raise DataError(f"{role} folder '{data_dir}' has no class sub-folders: "
-                        "put the images of each class in a sub-folder named after the class")
+        raise DataError(f"{role} folder '{data_dir}' has no class sub-folders: put the images of each class in a "
+                        "sub-folder named after the class")
     for name in names:
         if name != readable_text(name):  # class names go into model files and TensorBoard
-            raise DataError(f"{role} class folder '{os.path.join(data_dir, readable_text(name))}' "
-                            "has a name that is not valid text (UTF-8): rename the folder")
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, readable_text(name))}' has a name that is "
+                            "not valid text (UTF-8): rename the folder")
     return names
 
 
 def check_image_folder(data_dir, role):
-    """(class names, {class: number of images}) of a folder fit to train on: two classes or more,
-    each with images; role ("training", ...) is for messages."""
+    """(class names, {class: number of images}) of a folder fit to train on: two classes or more, each with images."""
     names = class_folder_names(data_dir, role)
     if len(names) < 2:
-        raise DataError(f"'{data_dir}' has a single class '{names[0]}': "
-                        "a classifier needs at least two class sub-folders")
+        raise DataError(f"'{data_dir}' has a single class '{names[0]}': a classifier needs at least two class "
+                        "sub-folders")
     counts = {name: len(list_images(os.path.join(data_dir, name))) for name in names}
     for name, count in counts.items():
         if count == 0:
-            raise DataError(f"{role} class folder '{os.path.join(data_dir, name)}' has no images: "
-                            f"add {', '.join(IMAGE_EXTENSIONS)} files or remove the folder")
+            raise DataError(f"{role} class folder '{os.path.join(data_dir, name)}' has no images: add "
+                            f"{', '.join(IMAGE_EXTENSIONS)} files or remove the folder")
     return names, counts
 
 
 def check_image_folders(train_dir, validation_dir, fraction=None):
-    """(class names, training counts, validation counts) of two folders fit to train on, {class:
-    number of images} each; with fraction (--validation-split), of train_dir alone, and None."""
+    """(class names, training counts, validation counts) of two folders fit to train on; with fraction, of one."""
     if fraction:
         return (*check_image_folder(train_dir, "training"), None)
     train_classes = class_folder_names(train_dir, "training")
     validation_classes = class_folder_names(validation_dir, "validation")
     if train_classes != validation_classes:
-        raise DataError(f"training classes {train_classes} in '{train_dir}' differ from "
-                        f"validation classes {validation_classes} in '{validation_dir}': "
-                        "both folders need the same class sub-folders")
-    _, train_counts = check_image_folder(train_dir, "training")
-    _, validation_counts = check_image_folder(validation_dir, "validation")
-    return train_classes, train_counts, validation_counts
+        raise DataError(f"training classes {train_classes} in '{train_dir}' differ from validation classes "
+                        f"{validation_classes} in '{validation_dir}': both folders need the same class sub-folders")
+    return (train_classes, check_image_folder(train_dir, "training")[1],
+            check_image_folder(validation_dir, "validation")[1])
 
 
 def check_seed(seed):
@@ -127,7 +118,7 @@ def why_unreadable(path, error):
 
 
 def read_rgb(path):
-    """The image at path, upright and RGB, full size; a DataError names the file if unreadable."""
+    """The image at path, upright and RGB, full size."""
     try:
         with Image.open(path) as image:
             return to_rgb(ImageOps.exif_transpose(image))
@@ -136,8 +127,8 @@ def read_rgb(path):
 
 
 def read_image(path, image_size):
-    """One image as the models see it: image_size x image_size x 3 uint8, stretched to a square
-    as flow_from_directory did, resized with antialiasing; a large JPEG is decoded small (draft)."""
+    """One image as the models see it: image_size x image_size x 3 uint8, stretched to a square as flow_from_directory
+    did, resized with antialiasing; a large JPEG is decoded small (draft)."""
     with Image.open(path) as image:
         image.draft("RGB", (image_size, image_size))
         upright = to_rgb(ImageOps.exif_transpose(image))
@@ -145,8 +136,8 @@ def read_image(path, image_size):
 
 
 def read_images(paths, image_size):
-    """(uint8 array of the images at paths that can be read, readable mask), read in parallel;
-    each file that cannot be read is warned about and left out."""
+    """(uint8 array of the images at paths that can be read, readable mask), read in parallel; each file that cannot be
+    read is warned about and left out."""
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
 
     def read_into(position):
@@ -168,8 +159,8 @@ def read_images(paths, image_size):
 
 
 def read_image_folder(data_dir, class_names, image_size, role):
-    """(images, labels, paths) of every readable image of data_dir's class folders, in
-    flow_from_directory's order; a class left without a readable image is a DataError."""
+    """(images, labels, paths) of every readable image of data_dir's class folders, in flow_from_directory's order; a
+    class left without a readable image is a DataError."""
     paths, labels = [], []
     for index, class_name in enumerate(class_names):
         for name in list_images(os.path.join(data_dir, class_name)):
@@ -205,8 +196,7 @@ def check_validation_split(validation_dir, fraction, default_dir):
 
 
 def split_of(fraction, seed):
-    """A run's validation split as model files record it, the flags that make it again; empty with
-    a validation folder."""
+    """A run's validation split as model files record it: the flags that make it again, or nothing."""
     return f"--validation-split {fraction} --seed {seed}" if fraction else ""
 
 
@@ -227,9 +217,8 @@ def perceptual_hashes(images):
 
 
 def near_duplicates(hashes, other_hashes=None):
-    """Index pairs (i, j) of near-duplicate images: within hashes (i < j), or of hashes and
-    other_hashes. Two images are when at most NEAR_DUPLICATE_BITS bits differ between one's
-    whole image and any hashed part of the other."""
+    """Index pairs (i, j) of near-duplicate images: within hashes (i < j), or of hashes and other_hashes. Two images
+    are when at most NEAR_DUPLICATE_BITS bits differ between one's whole image and any hashed part of the other."""
     others = hashes if other_hashes is None else other_hashes
     signs, other_signs = (np.where(bits, 1, -1).astype(np.float32) for bits in (hashes, others))
     most_agreeing = hashes.shape[-1] - 2 * NEAR_DUPLICATE_BITS  # bits that agree less those that differ
@@ -255,9 +244,8 @@ def split_groups(count, pairs):
 
 
 def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
-    """Which images go to validation: those whose group's first path within its class folder (so that
-    a photo moved to another class keeps its side) hashes with the seed below fraction; every class
-    needs images on both sides."""
+    """Which images go to validation: those whose group's first path within its class folder (so that a photo moved to
+    another class keeps its side) hashes with the seed below fraction; every class needs images on both sides."""
     keys = [os.path.relpath(path, os.path.join(data_dir, class_names[label])).replace(os.sep, "/")
             for path, label in zip(paths, labels)]
     group_keys = {}
@@ -276,10 +264,9 @@ def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
 
 
 def read_training_and_validation(train_dir, validation_dir, class_names, image_size, fraction, seed):
-    """Every image read once: (images, labels) to train on and (images, labels, names within their
-    folder) to validate on, from the two folders or, when fraction is given, from train_dir split
-    with seed; near-duplicates across the two sides or across classes warned about. Returns them
-    and the files for the run's folder, {name: text}."""
+    """Every image read once: (images, labels) to train on, (images, labels, names within their folder) to validate on,
+    from the two folders or train_dir split by fraction and seed, and the files for the run's folder, {name: text};
+    near-duplicates across the two sides or across classes warned about."""
     images, labels, paths = read_image_folder(train_dir, class_names, image_size, "training")
     hashes = perceptual_hashes(images)
     index_pairs = near_duplicates(hashes)
@@ -290,9 +277,9 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
         across = [(validation_paths[i], validation_labels[i], paths[j], labels[j])
                   for i, j in near_duplicates(perceptual_hashes(validation_images), hashes)]
         if across:
-            warn(f"validation images that are near-duplicates of training images: "
-                 f"{len({pair[0] for pair in across})}, so val_accuracy flatters the model; move each to the "
-                 "side of its pair, or remove it (the list is also in near_duplicates.tsv in the TensorBoard run):\n"
+            warn(f"validation images that are near-duplicates of training images: {len({pair[0] for pair in across})}, "
+                 "so val_accuracy flatters the model; move each to the side of its pair, or remove it (the list is "
+                 f"also in near_duplicates.tsv in the TensorBoard run):\n"
                  f"{first_lines(near_duplicate_table(across, class_names))}")
         pairs = across + [pair for pair in pairs if pair[1] != pair[3]]
         train = images, labels
@@ -304,20 +291,16 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
         train, validation_images, validation_labels = (images[~side], labels[~side]), images[side], labels[side]
         names = [os.path.relpath(path, train_dir) for path, held in zip(paths, side) if held]
         run_files = {"validation_files.txt": "\n".join(readable_text(name) for name in names)}
-        print(f"Held out for validation: {counts_per_class(validation_labels, class_names)}; left to train on: "
-              f"{counts_per_class(train[1], class_names)}; groups of near-duplicates, each kept on one side "
-              f"(near_duplicates.tsv in the TensorBoard run): {np.sum(np.bincount(groups) > 1)}", flush=True)
+        held, left = (dict(zip(class_names, np.bincount(of, minlength=len(class_names)).tolist()))
+                      for of in (validation_labels, train[1]))
+        print(f"Held out for validation: {held}; left to train on: {left}; groups of near-duplicates, each kept on one "
+              f"side (near_duplicates.tsv in the TensorBoard run): {np.sum(np.bincount(groups) > 1)}", flush=True)
     mixed = [pair for pair in pairs if pair[1] != pair[3]]
     if mixed:
-        warn(f"pairs of near-duplicate images in different classes: {len(mixed)}; one label of each pair is "
-             f"wrong, or the classes are too alike to tell apart:\n{first_lines(near_duplicate_table(mixed, class_names))}")
+        warn(f"pairs of near-duplicate images in different classes: {len(mixed)}; one label of each pair is wrong, or "
+             f"the classes are too alike to tell apart:\n{first_lines(near_duplicate_table(mixed, class_names))}")
     return train, (validation_images, validation_labels, names), {
         **run_files, "near_duplicates.tsv": "\n".join(near_duplicate_table(pairs, class_names))}
-
-
-def counts_per_class(labels, class_names):
-    """{class name: how many of labels are its}."""
-    return dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist()))
 
 
 def near_duplicate_table(pairs, class_names):
@@ -353,29 +336,25 @@ def read_images_to_predict(paths, image_size):
     return images, [path for path, ok in zip(paths, readable) if ok]
 
 
-# New images beside a user's: never over an existing one, never half of one.
-
 def save_new_file(data, folder, names):
-    """Write data (bytes) as a new file in folder, under the first of names that is free; its path.
-    The name is claimed by an exclusive create, which no other program can win too, and the whole
-    data, written under a hidden name, is renamed onto it: on any drive (FAT, exFAT, shares). A stop
-    waits the milliseconds this takes: no empty, half-written or hidden file is left."""
+    """Write data (bytes) as a new file in folder, under the first of names that is free; its path. The name is claimed
+    by an exclusive create, which no other program can win too, and the whole data, written under a hidden name, is
+    renamed onto it: on any drive (FAT, exFAT, shares). A stop waits the milliseconds this takes."""
     temp_path = os.path.join(folder, f".new-{secrets.token_hex(4)}.partial")
     with runs.stops_held():
         try:
             with open(temp_path, "xb") as temp_file:
                 temp_file.write(data)
             for name in names:
-                path = os.path.join(folder, name)
                 try:
-                    open(path, "xb").close()
+                    open(os.path.join(folder, name), "xb").close()
                 except FileExistsError:
                     continue
-                os.replace(temp_path, path)
-                return path
+                os.replace(temp_path, os.path.join(folder, name))
+                return os.path.join(folder, name)
         except OSError as error:
-            raise DataError(f"cannot write in '{os.path.normpath(folder)}' ({runs.why_not_written(error)}): "
-                            "free some space, or choose another folder") from None
+            raise DataError(f"cannot write in '{os.path.normpath(folder)}' ({runs.why_not_written(error)}): free some "
+                            "space, or choose another folder") from None
         finally:
             if os.path.exists(temp_path):
                 os.unlink(temp_path)
@@ -385,5 +364,4 @@ def save_new_jpeg(image, folder, prefix):
     """Save a Pillow image as the first free '<prefix>_<number>.jpg' in folder; its path."""
     jpeg = io.BytesIO()
     image.save(jpeg, format="JPEG", quality=95)
-    numbered_names = (f"{prefix}_{number:04d}.jpg" for number in itertools.count(1))
-    return save_new_file(jpeg.getvalue(), folder, numbered_names)
+    return save_new_file(jpeg.getvalue(), folder, (f"{prefix}_{number:04d}.jpg" for number in itertools.count(1)))

@@ -1,8 +1,6 @@
-"""What a run shows: its TensorBoard folder (settings, pictures, tables, and Keras' scalars flushed
-every epoch), the per-class report and the mistakes, and the training photos whose label looks wrong.
-
-Keras writes each epoch's scalars in <run>/train and <run>/validation; the scripts write the rest in
-<run> itself, through log_* (a summary that cannot be written is a DataError naming the folder).
+"""What a run shows: its TensorBoard folder, the per-class report, the mistakes, and the training photos whose label
+looks wrong. Keras writes each epoch's scalars in <run>/train and <run>/validation; the scripts write the rest in <run>
+itself (a file that cannot be written is a DataError).
 """
 
 import contextlib
@@ -34,9 +32,9 @@ def check_log_folder(log_dir):
 
 
 def new_run_folder(log_dir, name, files=None):
-    """Make a new TensorBoard run folder <log_dir>/<name>-<date>-<time>, or -2, -3, ... after it
-    if that is taken: os.mkdir makes a folder or fails in one step, so runs started in the
-    same second (a sweep in a shell loop) never share one. files ({name: text}) are written in it."""
+    """A new folder <log_dir>/<name>-<date>-<time>, or -2, -3, ... after it if that is taken: os.mkdir makes a folder
+    or fails in one step, so runs started in the same second (a sweep in a shell loop) never share one. files ({name:
+    text}) are written in it."""
     stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         os.makedirs(log_dir, exist_ok=True)
@@ -48,17 +46,14 @@ def new_run_folder(log_dir, name, files=None):
                         file.write(text + "\n")
                 return os.path.join(log_dir, folder)
     except OSError as error:
-        raise DataError(f"cannot make a TensorBoard run folder in '{log_dir}' "
-                        f"({error.strerror or error}): choose another --log-dir") from None
-
-
-# What a model got wrong.
+        raise DataError(f"cannot make a TensorBoard run folder in '{log_dir}' ({error.strerror or error}): "
+                        "choose another --log-dir") from None
 
 
 def start_run(log_dir, script, settings, class_names, train_images, train_labels, augmentation, seed, run_files,
               run_dir=None):
-    """The run's TensorBoard folder: run_dir, an unfinished run's, going on; or a new one holding run_files
-    ({name: text}), the run's settings (for HParams) and a grid of training images as the network gets them."""
+    """The run's folder: run_dir, an unfinished run's, going on; or a new one holding run_files, the run's settings
+    (HParams) and a grid of training images as the network gets them."""
     if run_dir:
         return run_dir
     run_dir = new_run_folder(log_dir, script, run_files)
@@ -69,8 +64,8 @@ def start_run(log_dir, script, settings, class_names, train_images, train_labels
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard callback, each epoch's scalars on disk as the epoch ends: its writers flush
-    every two minutes, and a killed run would lose epochs its checkpoint holds."""
+    """Keras' TensorBoard callback, each epoch's scalars on disk as the epoch ends: its writers flush every two
+    minutes, and a killed run would lose epochs its checkpoint holds."""
 
     def on_epoch_end(self, epoch, logs=None):
         with written_events(self.log_dir):
@@ -103,8 +98,8 @@ def written_events(run_dir):
 
 
 def log_hparams(run_dir, hparams, class_names, train_labels, augmentation=None):
-    """The run's settings, for the HParams dashboard, with its number of training images per class;
-    augmentation (ImageDataGenerator's keyword arguments) is recorded beside them, 0 where unset."""
+    """The run's settings for the HParams dashboard, with its training images per class and, if given, augmentation
+    (ImageDataGenerator's keyword arguments) beside them, 0 where unset."""
     counts = np.bincount(train_labels, minlength=len(class_names))
     hparams = {**hparams, "train_images": len(train_labels),
                "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))}
@@ -121,19 +116,17 @@ def log_hparams(run_dir, hparams, class_names, train_labels, augmentation=None):
 def log_picture(run_dir, tag, picture, step, description):
     """One RGB picture (a PIL image) as a TensorBoard image; its description may name files."""
     with written(run_dir):
-        tf.summary.image(tag, np.asarray(picture)[None], step=step,
-                         description=readable_text(description))
+        tf.summary.image(tag, np.asarray(picture)[None], step=step, description=readable_text(description))
 
 
 def log_text(run_dir, tag, markdown, step):
-    """Markdown as TensorBoard text; bytes of file names that are not UTF-8 shown as \ufffd."""
     with written(run_dir):
         tf.summary.text(tag, readable_text(markdown), step=step)
 
 
 def log_training_images(run_dir, images, labels, class_names, augmentation, seed, step, count=16):
-    """A grid of training images as the network gets them: resized and, if augmentation, augmented.
-    The first images of each class in turn, so that every class shows."""
+    """A grid of training images as the network gets them, resized and augmented: the first of each class in turn, so
+    that every class shows."""
     by_class = [np.flatnonzero(labels == index) for index in range(len(class_names))]
     picked = [index for group in itertools.zip_longest(*by_class) for index in group if index is not None]
     batch = images[picked[:count]]
@@ -146,6 +139,8 @@ def log_training_images(run_dir, images, labels, class_names, augmentation, seed
                 "What the network is trained on: training images at the size it takes, "
                 + ("after random augmentation." if augmentation else "not augmented."))
 
+
+# The validation report: per class, and the mistakes.
 
 def report_table(labels, predictions, class_names):
     """Per-class precision, recall and support, and the accuracy, as a Markdown table."""
@@ -160,29 +155,31 @@ def report_table(labels, predictions, class_names):
 
 
 def log_validation(run_dir, images, labels, probabilities, names, class_names, title, step, predictions=None):
-    """The validation images' confusion matrix, and the misclassified ones, most confident
-    first (up to 24), as TensorBoard pictures. predictions default to the likeliest classes."""
+    """The validation images' confusion matrix, and the misclassified ones, most confident first (up to 24), as
+    TensorBoard pictures; (predictions, by default the likeliest classes, confidences)."""
     predictions = probabilities.argmax(axis=1) if predictions is None else predictions
     counts = confusion_matrix(labels, predictions, labels=range(len(class_names)))
     log_picture(run_dir, "confusion_matrix", draw_confusion_matrix(counts, class_names, title),
                 step, "Validation images by true class (rows) and predicted class (columns).")
     confidences = probabilities[np.arange(len(predictions)), predictions]
     wrong = mistakes(labels, predictions, confidences)[:24]
-    picture = picture_grid(
-        [Image.fromarray(images[index]) for index in wrong],
-        [f"true: {class_names[labels[index]]}\npredicted: {class_names[predictions[index]]} "
-         f"{confidences[index]:.2f}\n{os.path.basename(names[index])}" for index in wrong],
-        columns=2, tile=170) if len(wrong) else draw_message(f"No validation image misclassified: {title}")
+    if len(wrong):
+        picture = picture_grid([Image.fromarray(images[index]) for index in wrong], [
+            f"true: {class_names[labels[index]]}\npredicted: {class_names[predictions[index]]} "
+            f"{confidences[index]:.2f}\n{os.path.basename(names[index])}" for index in wrong], columns=2, tile=170)
+    else:  # a line of text, not an empty grid
+        picture, font = Image.new("RGB", (340, 60), "white"), ImageFont.load_default(size=14)
+        ImageDraw.Draw(picture).text((10, 30), _shortened(f"No validation image misclassified: {title}", font, 320),
+                                     fill="black", font=font, anchor="lm")
     log_picture(run_dir, "misclassified_validation_images", picture, step,
                 "Validation images the model got wrong, the most confident mistakes first.")
     return predictions, confidences
 
 
 class ValidationReport(keras.callbacks.Callback):
-    """The validation set's confusion matrix and mistakes in TensorBoard every few epochs, but the
-    last; describe() logs and returns those of the model saved. batches are what the model fit
-    trains takes (validation_batches(), or TransferModel's features); names, the images' paths in
-    the validation folder."""
+    """The validation set's confusion matrix and mistakes in TensorBoard every few epochs but the last; describe()
+    those of the model saved. batches are what the model fit trains takes (validation_batches(), or TransferModel's
+    features); names, the images' paths in the validation folder."""
 
     def __init__(self, run_dir, batches, images, labels, names, class_names, every):
         super().__init__()
@@ -195,8 +192,8 @@ class ValidationReport(keras.callbacks.Callback):
                            self.names, self.class_names, f"validation set after epoch {epoch + 1}", epoch)
 
     def describe(self, probabilities, epoch):
-        """The model saved, its validation probabilities given, logged at epoch (counted from 0): its
-        (per-class report, table of mistakes)."""
+        """Log the model saved, its validation probabilities given, at epoch (counted from 0); returns its (per-class
+        report, table of mistakes)."""
         predictions, confidences = log_validation(self.run_dir, self.images, self.labels, probabilities, self.names,
                                                   self.class_names, "validation set, the model saved", epoch)
         report = report_table(self.labels, predictions, self.class_names)
@@ -206,27 +203,25 @@ class ValidationReport(keras.callbacks.Callback):
         return report, mistakes
 
 
-# What the model got wrong, and the labels that look wrong.
-
 def mistakes(labels, predictions, confidences):
-    """Indices of the misclassified images, the most confident mistake first (confidences:
-    the probability given to each prediction)."""
+    """Indices of the misclassified images, the most confident mistake first (confidences: the probability given to
+    each prediction)."""
     wrong = np.flatnonzero(np.asarray(predictions) != np.asarray(labels))
     return wrong[np.argsort(-np.asarray(confidences)[wrong], kind="stable")]
 
 
 def mistakes_table(names, labels, predictions, confidences, class_names, limit=20):
-    """The mistakes, most confident first, one tab-separated line each: the image's name (readable
-    text), its true class, the predicted class and the probability given to it; at most limit."""
+    """The mistakes, most confident first, a tab-separated line each: the image's name, its true class, the predicted
+    class and the probability given to it; at most limit."""
     return first_lines(["path\ttrue class\tpredicted class\tprobability"] + [
         f"{readable_text(names[index])}\t{class_names[labels[index]]}\t{class_names[predictions[index]]}\t"
         f"{confidences[index]:.4f}" for index in mistakes(labels, predictions, confidences)], limit)
 
 
 def label_issues(paths, labels, probabilities, class_names):
-    """The images whose given label looks wrong, the most suspect first, from out-of-fold
-    probabilities (cleanlab's find_label_issues, made for this), as text: a line each, the
-    path (readable text), the given class, the probability of it and the class the model believes."""
+    """The images whose given label looks wrong, the most suspect first, from out-of-fold probabilities (cleanlab's
+    find_label_issues, made for this), as text: a line each, the path, the given class, the probability of it and the
+    class the model believes."""
     from cleanlab.filter import find_label_issues  # slow to import, and only --check-labels needs it
     suspects = find_label_issues(np.asarray(labels), np.asarray(probabilities),
                                  return_indices_ranked_by="self_confidence", n_jobs=1)
@@ -240,8 +235,6 @@ def label_issues(paths, labels, probabilities, class_names):
 
 # Pictures for TensorBoard.
 
-# Pictures for TensorBoard.
-
 def _shortened(text, font, width):
     """text, cut with an ellipsis to fit in width pixels."""
     while font.getlength(text) > width and len(text) > 1:
@@ -250,9 +243,8 @@ def _shortened(text, font, width):
 
 
 def picture_grid(pictures, captions, columns, tile):
-    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its
-    caption (lines split by "\n"). TensorBoard shows an image about 350 pixels wide unless
-    asked: columns x tile at most that keeps the letters legible."""
+    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its caption (lines split by
+    "\n"). TensorBoard shows an image about 350 pixels wide unless asked: columns x tile at most keeps letters legible."""
     font = ImageFont.load_default(size=14)
     caption_height = 17 * max(caption.count("\n") + 1 for caption in captions) + 6
     rows = math.ceil(len(pictures) / columns)
@@ -268,15 +260,6 @@ def picture_grid(pictures, captions, columns, tile):
     return grid
 
 
-def draw_message(text, width=340):
-    """A picture saying text, for a TensorBoard image tag with nothing to show."""
-    picture = Image.new("RGB", (width, 60), "white")
-    font = ImageFont.load_default(size=14)
-    text = _shortened(text, font, width - 20)
-    ImageDraw.Draw(picture).text((10, 30), text, fill="black", font=font, anchor="lm")
-    return picture
-
-
 def draw_confusion_matrix(counts, class_names, title):
     """The confusion matrix as a picture: one row per true class, shaded by the row's share."""
     font = ImageFont.load_default(size=14)
@@ -286,8 +269,8 @@ def draw_confusion_matrix(counts, class_names, title):
     left = int(max(widest_name, font.getlength("true class"))) + 20  # room for the row names
     top = 80  # room for the title and the column names
     matrix_size = len(names) * cell
-    picture = Image.new("RGB", (max(left + matrix_size, int(font.getlength(title))) + 20,
-                                top + matrix_size + 12), "white")
+    picture = Image.new("RGB", (max(left + matrix_size, int(font.getlength(title))) + 20, top + matrix_size + 12),
+                        "white")
     draw = ImageDraw.Draw(picture)
     draw.text((10, 8), title, fill="black", font=font)
     draw.text((left + matrix_size // 2, 34), "predicted class", fill="black", font=font, anchor="mt")
@@ -303,4 +286,3 @@ def draw_confusion_matrix(counts, class_names, title):
             draw.text((x + cell // 2, y + cell // 2), str(counts[row, column]),
                       fill="white" if share > 0.5 else "black", font=font, anchor="mm")
     return picture
-

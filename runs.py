@@ -1,9 +1,6 @@
-"""What every script's process does: its start, its stops, its errors, the lock on a model file,
-and files written whole.
-
-A script calls start() first, before its slow imports. From then on a stop (Ctrl-C, SIGTERM,
-SIGHUP) prints one line, saying what on_stop() last said is saved, and ends the process by the
-signal, as shells expect. A problem the user can fix is a DataError, told in one line.
+"""What every script's process does: its start, its stops, its errors in one line, the lock that keeps two trainings
+off one model file, and files written whole. A script calls start() first; from then on a stop (Ctrl-C, SIGTERM,
+SIGHUP) prints one line saying what is saved (on_stop() tells it), then ends the process by the signal.
 """
 
 import contextlib
@@ -16,12 +13,11 @@ import tempfile
 
 import filelock
 
-# Ctrl-C (SIGINT); `kill`, `timeout`, `docker stop` and job schedulers (SIGTERM); a closed terminal or
-# ssh session (SIGHUP, which Windows does not have).
+# Ctrl-C (SIGINT); `kill`, `timeout`, `docker stop` and job schedulers (SIGTERM); a closed terminal (SIGHUP, not on
+# Windows).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-_script = os.path.basename(sys.argv[0])
-_said_on_stop = "nothing saved"
+_script, _said_on_stop = os.path.basename(sys.argv[0]), "nothing saved"
 _held_stops = None  # a list while a file that must be whole is being written
 _lock_file = None
 _stderr = None  # the real standard error, while TensorFlow's start-up lines are caught
@@ -32,8 +28,7 @@ class DataError(Exception):
 
 
 def start(script):
-    """What every script does first: stops handled, file names that are not text printable, and
-    TensorFlow loaded without its start-up lines (seconds, a stop meanwhile being one line too)."""
+    """Stops handled, file names that are not text printable, TensorFlow loaded without its start-up lines."""
     global _script, _said_on_stop
     _script, _said_on_stop = script, "nothing saved"
     for number in STOP_SIGNALS:
@@ -49,15 +44,14 @@ def start(script):
     logging.getLogger("absl").addFilter(lambda record: "considered legacy" not in record.getMessage())
 
 
-# Lines TensorFlow prints as it starts that say nothing to act on ("failed call to cuInit" without
-# a GPU reads like a failure): absl's banner, its information lines and their second line.
-_START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)"
-                            r"|I\d{4} |To enable the following instructions:")
+# Lines TensorFlow prints as it starts, whatever TF_CPP_MIN_LOG_LEVEL says, that say nothing to act on ("failed call to
+# cuInit" without a GPU reads like a failure): absl's banner, information lines.
+_START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} |To enable the following")
 
 
 def without_start_up_lines(text):
-    """text less TensorFlow's start-up lines, and its failed cuInit where no CUDA driver was found
-    (there is no GPU, then); with a driver, that is a real error and stays."""
+    """text less TensorFlow's start-up lines, and its failed cuInit where no CUDA driver was found (there is no GPU,
+    then); with a driver, that is a real error and stays."""
     no_gpu_driver = "Could not find cuda drivers" in text
     return "".join(line for line in text.splitlines(keepends=True) if not _START_UP_LINE.match(line)
                    and not (no_gpu_driver and "failed call to cuInit" in line))
@@ -66,12 +60,12 @@ def without_start_up_lines(text):
 @contextlib.contextmanager
 def start_up_lines_hidden():
     """What is written on file descriptor 2 inside the block, printed less start-up lines after it."""
+    global _stderr
     try:
         stderr_fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no console, or a stream with no file behind it
         yield
         return
-    global _stderr
     sys.stderr.flush()
     _stderr = os.dup(stderr_fd)
     with tempfile.TemporaryFile() as caught:
@@ -87,8 +81,7 @@ def start_up_lines_hidden():
             sys.stderr.flush()
 
 
-# Stops. Every complete epoch is on disk and every file is written whole under a hidden name, so
-# a stop need not wait for anything: it says what is saved, and the process ends.
+# Stops. Every complete epoch is on disk and every file is written whole, so a stop need not wait.
 
 def on_stop(message):
     """What a stop says from now on: what is saved, and what the same command will do."""
@@ -97,7 +90,7 @@ def on_stop(message):
 
 
 def _stop(signal_number, frame):
-    if _held_stops is not None:  # acted on as the file being written is whole
+    if _held_stops is not None:  # acted on once the file being written is whole
         _held_stops.append(signal_number)
         return
     name = "Ctrl-C" if signal_number == signal.SIGINT else signal.Signals(signal_number).name
@@ -107,13 +100,13 @@ def _stop(signal_number, frame):
         print(readable_text(f"{_script}: interrupted ({name}); {_said_on_stop}"), file=sys.stderr, flush=True)
     if _lock_file:
         with contextlib.suppress(OSError):
-            os.unlink(_lock_file)  # still held: no other run can take a lock on the name as it goes
+            os.unlink(_lock_file)  # still held: no other run takes a lock on the name as it goes
     end_by_signal(signal_number)
 
 
 def end_by_signal(signal_number):
-    """End the process by the signal, its handler put back, as shells expect of a program a signal
-    stopped: they show 128 + its number (130, 143, 129), and a loop of runs stops too."""
+    """End the process by the signal, as shells expect: they show 128 + its number (130, 143, 129), and a loop of
+    runs stops too."""
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
     if os.name != "nt":  # Windows ends a process by a signal with its own status
@@ -124,9 +117,8 @@ def end_by_signal(signal_number):
 
 @contextlib.contextmanager
 def stops_held():
-    """A stop during the block is acted on after it. Only for a user's new image, whose name is
-    claimed by an empty file before the data is renamed onto it: no drive has an atomic rename
-    that never overwrites (hard links are not on FAT)."""
+    """A stop during the block is acted on after it: for a user's new image, whose name is claimed by an empty file
+    before the data is renamed onto it (no drive has an atomic rename that never overwrites: no hard links on FAT)."""
     global _held_stops
     _held_stops = []
     try:
@@ -136,8 +128,6 @@ def stops_held():
         if held:
             _stop(held[0], None)
 
-
-# Errors and warnings, in one line each.
 
 def readable_text(text):
     """text as valid Unicode: the bytes of a file name that are not UTF-8 become \ufffd."""
@@ -149,53 +139,43 @@ def warn(message):
 
 
 def why_not_written(error):
-    """The reason an OSError gives for a file not written, in a few words; h5py's RuntimeError
-    carries no error number, only its text."""
+    """The reason an OSError gives for a file not written; h5py's RuntimeError has no number, only text."""
     return os.strerror(error.errno) if getattr(error, "errno", None) else str(error).splitlines()[0]
 
 
-# Files. A model file is written under a hidden name beside it, then renamed into place: never
-# half a file under its name. The hidden name is fixed, so a run killed while writing leaves
-# nothing that the next write does not replace: the lock keeps other runs off it.
+# Files: written under a hidden name beside them, then renamed into place, never half a file under its name. The hidden
+# name is fixed, so that a killed run leaves nothing the next write does not replace; the lock keeps other runs off it.
 
 @contextlib.contextmanager
 def lock(model_file):
-    """Hold model_file for this run: a second run on it is refused, in one line. The operating
-    system lets go of the lock when the process ends, even killed."""
+    """Hold model_file for this run, a second run on it refused in one line; the system lets go if the process dies."""
     global _lock_file
-    path = f"{model_file}.lock"
-    held = filelock.FileLock(path, blocking=False)
+    held = filelock.FileLock(f"{model_file}.lock", blocking=False)
     try:
         held.acquire()
     except filelock.Timeout:
-        raise DataError(f"another run is training '{model_file}' (it holds '{path}'): wait for it "
-                        "to end, or choose another --model-file") from None
-    except OSError as error:
-        raise DataError(f"cannot write '{path}' ({why_not_written(error)}): choose another --model-file") from None
-    _lock_file = path
+        raise DataError(f"another run is training '{model_file}' (it holds '{held.lock_file}'): wait for it to end, "
+                        "or choose another --model-file") from None
+    _lock_file = held.lock_file
     try:
         yield
     finally:
         _lock_file = None
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # before letting go, where the system allows it
+        with contextlib.suppress(OSError):  # Windows: the release removes it
+            os.unlink(held.lock_file)  # still held: no other run takes a lock on the name as it goes
         held.release()
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # Windows
 
 
 def hidden_name(path):
-    """Where path's data is written before it is renamed into place: .<stem>.partial<suffix>
-    beside it (Keras checks the suffix)."""
+    """.<stem>.partial<suffix> beside path (Keras checks the suffix)."""
     folder, name = os.path.split(path)
     suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
     return os.path.join(folder, f".{name[:len(name) - len(suffix)]}.partial{suffix}")
 
 
 def write_whole(saves):
-    """Write each file of saves, {path: save(path written to)}, under its hidden name, flushed to the
-    disk (a power cut), then rename all into place. A file that cannot be written (a full disk) is
-    a DataError naming it, and nothing is replaced."""
+    """Write each file of saves, {path: save(path written to)}, under its hidden name, flushed to the disk (a power
+    cut), then rename all into place. One that cannot be written is a DataError naming it, and nothing is replaced."""
     try:
         for path, save in saves.items():
             try:
@@ -203,8 +183,8 @@ def write_whole(saves):
                 with open(hidden_name(path), "rb+") as written:
                     os.fsync(written.fileno())
             except (OSError, RuntimeError) as error:  # h5py raises RuntimeError on a full disk too
-                raise DataError(f"cannot write '{path}' ({why_not_written(error)}): nothing was replaced; "
-                                "free some space, or save elsewhere with --model-file") from None
+                raise DataError(f"cannot write '{path}' ({why_not_written(error)}): nothing was replaced; free some "
+                                "space, or save elsewhere with --model-file") from None
         for path in saves:
             os.replace(hidden_name(path), path)
     finally:
@@ -218,11 +198,10 @@ def check_output_file(path, suffix):
     folder = os.path.dirname(os.path.abspath(path))
     if not path.endswith(suffix) or path.endswith(".weights.h5"):
         raise DataError(f"cannot save a model as '{path}': --model-file must end in {suffix}"
-                        + (" (and not .weights.h5, the name of the weights saved beside it)"
-                           if suffix == ".h5" else ""))
+                        + (" (and not .weights.h5, the name of the weights saved beside it)" if suffix == ".h5" else ""))
     if not os.path.isdir(folder):
-        raise DataError(f"cannot write '{path}': folder '{folder}' does not exist; "
-                        "create it or choose another --model-file")
+        raise DataError(f"cannot write '{path}': folder '{folder}' does not exist; create it or choose another "
+                        "--model-file")
     if os.path.isdir(path):
         raise DataError(f"cannot write '{path}': it is a folder; choose another --model-file")
     try:  # a file made and removed tells on every system and drive, where os.access does not (Windows)

@@ -87,7 +87,9 @@ def saved_epoch(model_file):
 
 def save_model(model, model_file, class_names, epoch, metrics=None, kept=None):
     """Save model as a run of the scripts leaves it: its weights as the last epoch, epoch, and as
-    the epoch kept, or kept (epoch, metrics, weights) when given."""
+    the epoch kept, or kept (epoch, metrics, weights) when given; its optimizer built, as by training."""
+    if getattr(model, "optimizer", None) and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     last = (epoch, metrics or {}, model.get_weights())
     return training.save_model_files(model, str(model_file), class_names, kept or last, last, "")
 
