@@ -136,10 +136,10 @@ def compile_model(model):
     )
 
 
-def make_callbacks(run_dir, best_epoch, validation_report, checkpoint):
+def make_callbacks(run_dir, validation_report, checkpoint):
     """What runs beside fit: TensorBoard's scalars, the epoch kept, the validation report, and the
     run's state saved after every epoch, last, as the others leave it."""
-    callbacks = [reports.TensorBoard(log_dir=run_dir), best_epoch, validation_report]
+    callbacks = [reports.TensorBoard(log_dir=run_dir), validation_report]
     # Smaller steps, or no more epochs, once val_loss has stopped falling for a while.
     if REDUCE_LR_PATIENCE:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -199,19 +199,16 @@ def main():
         "initial_epoch": args.initial_epoch, "optimizer": "Adadelta", "learning_rate": LEARNING_RATE,
         "conv_dropout": 0.0, "dense_dropout": DROPOUT, "reduce_lr_patience": REDUCE_LR_PATIENCE,
         "early_stopping_patience": EARLY_STOPPING_PATIENCE, "class_weights": False, **AUGMENTATION}
-    split = photos.split_of(args.validation_split, args.seed)
 
     with runs.lock(args.model_file):
         # A stopped run of the same command goes on from its last complete epoch.
-        best_epoch = training.BestEpoch()  # the epoch of highest val_accuracy: the model kept
-        checkpoint = training.Checkpoint(args.model_file, settings, best_epoch, args.initial_epoch, args.restart)
+        checkpoint = training.Checkpoint(args.model_file, settings, args.initial_epoch, args.restart)
         if checkpoint.moved_aside:
             print(f"Starting again; the unfinished run is kept aside as {checkpoint.moved_aside}")
         keras.utils.set_random_seed(args.seed + checkpoint.epoch)
 
         if args.initial_epoch and not checkpoint.recorded:
-            model = training.load_run(args.model_file, args.initial_epoch, split, args.image_size, len(class_names),
-                                      compile_model, best_epoch)
+            model = training.load_run(args.model_file, args.initial_epoch, settings, compile_model, checkpoint)
             print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
         else:
             model = build_model(args.image_size, len(class_names))
@@ -233,8 +230,9 @@ def main():
         validation_batches = training.validation_batches(validation_images, validation_labels, len(class_names),
                                                          args.batch_size)
 
-        checkpoint.run_dir = reports.start_run(args.log_dir, "FirstModel", settings, class_names, train_images,
-                                               train_labels, AUGMENTATION, args.seed, run_files, checkpoint.run_dir)
+        # A run going on logs in its own TensorBoard run, the epochs numbered on.
+        checkpoint.run_dir = checkpoint.run_dir or reports.start_run(
+            args.log_dir, "FirstModel", settings, class_names, train_images, train_labels, AUGMENTATION, args.seed, run_files)
         print(f"TensorBoard run: {checkpoint.run_dir}")
         validation_report = reports.ValidationReport(checkpoint.run_dir, validation_batches, validation_images,
                                                      validation_labels, validation_names, class_names,
@@ -245,17 +243,17 @@ def main():
             epochs=args.epochs,
             initial_epoch=checkpoint.epoch,
             shuffle=False,  # training_batches shuffles every epoch itself
-            callbacks=make_callbacks(checkpoint.run_dir, best_epoch, validation_report, checkpoint),
+            callbacks=make_callbacks(checkpoint.run_dir, validation_report, checkpoint),
             verbose=2,
         )
 
         # The model kept is the epoch of highest val_accuracy (2018: the last); the last is saved beside it.
-        last = (checkpoint.epoch, checkpoint.last_metrics, model.get_weights())
-        kept_epoch, kept_metrics, kept_weights = kept = best_epoch.kept(*last)
+        kept, last = checkpoint.kept_and_last(model.get_weights())
+        kept_epoch, kept_metrics, kept_weights = kept
         model.set_weights(kept_weights)
         report, mistakes = validation_report.describe(training.probabilities(model, validation_images),
                                                       checkpoint.epoch - 1)
-        saved = training.save_model_files(model, args.model_file, class_names, kept, last, split)
+        saved = training.save_model_files(model, args.model_file, class_names, kept, last, settings)
         checkpoint.remove()
     runs.on_stop(f"the model is saved in {args.model_file}")
 

@@ -161,7 +161,10 @@ def predict(model_file, path):
     except Exception as error:  # joblib raises many kinds on a file it did not write
         raise runs.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
                                     f"({type(error).__name__}): name another with --model-file") from None
-    images, paths = photos.read_images_to_predict(paths, settings["image_size"])
+    images, readable = photos.read_images(paths, settings["image_size"])
+    if not readable.any():
+        raise runs.DataError("none of the images to predict can be read: see the warnings above")
+    paths = [path for path, ok in zip(paths, readable) if ok]
     image_features = np.hstack(list(features(images, settings).values()))
     predictions = model.predict(image_features)
     class_probabilities = probabilities.predict_proba(image_features)
@@ -288,7 +291,8 @@ def main():
     with runs.lock(args.model_file):
         runs.write_whole({args.model_file: lambda path: joblib.dump(
             {"pipeline": model, "probabilities": probabilities, "class_names": class_names, "features": FEATURES,
-             "validation_split": photos.split_of(args.validation_split, args.seed)}, path)})
+             "validation_split": f"--validation-split {args.validation_split} --seed {args.seed}"
+             if args.validation_split else ""}, path)})
     runs.on_stop(f"the model is saved in {args.model_file}")
     print(f"Saved {args.model_file}")
     # The last line sums the run up, like the CNN scripts' last line.

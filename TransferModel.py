@@ -259,13 +259,11 @@ def main():
         "feature_epochs": FEATURE_EPOCHS, "feature_learning_rate": FEATURE_LEARNING_RATE,
         "fine_tune_from": BACKBONES[BACKBONE][1], "fine_tune_learning_rate": FINE_TUNE_LEARNING_RATE,
         "dense_dropout": DROPOUT, "optimizer": "Adam", **AUGMENTATION}
-    split = photos.split_of(args.validation_split, args.seed)
     feature_epochs = min(FEATURE_EPOCHS, args.epochs)
 
     with runs.lock(args.model_file):
         # A stopped run of the same command goes on from its last complete epoch, in its stage.
-        best_epoch = training.BestEpoch()  # the epoch of highest val_accuracy: the model kept
-        checkpoint = training.Checkpoint(args.model_file, settings, best_epoch, args.initial_epoch, args.restart)
+        checkpoint = training.Checkpoint(args.model_file, settings, args.initial_epoch, args.restart)
         if checkpoint.moved_aside:
             print(f"Starting again; the unfinished run is kept aside as {checkpoint.moved_aside}")
         keras.utils.set_random_seed(args.seed + checkpoint.epoch)
@@ -273,14 +271,14 @@ def main():
         # A new model starts from the ImageNet weights; one going on from a finished run has them in its file.
         if args.initial_epoch and not checkpoint.recorded:
             stage = 1 if args.initial_epoch < feature_epochs else 2
-            model = training.load_run(args.model_file, args.initial_epoch, split, args.image_size, len(class_names),
-                                      lambda model: set_stage(model, stage), best_epoch)
+            model = training.load_run(args.model_file, args.initial_epoch, settings, lambda model: set_stage(model, stage),
+                                      checkpoint)
             print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
         else:
             stage = 2 if checkpoint.recorded and checkpoint.trained != "classifier" else 1
             model = build_model(load_base(args.image_size, args.weights), len(class_names))
             trained = set_stage(model, stage)
-        best_epoch.weights_of = model  # stage 1 trains the classifier alone: the whole model is kept
+        checkpoint.weights_of = model  # stage 1 trains the classifier alone: the whole model is kept
         if checkpoint.recorded:
             checkpoint.restore(trained)
             print(f"Going on from epoch {checkpoint.epoch} of an unfinished run ({checkpoint.path})")
@@ -290,8 +288,9 @@ def main():
                                                 args.validation_split, args.seed))
         validation_batches = training.validation_batches(validation_images, validation_labels, len(class_names),
                                                          args.batch_size)
-        checkpoint.run_dir = reports.start_run(args.log_dir, "TransferModel", settings, class_names, train_images,
-                                               train_labels, AUGMENTATION, args.seed, run_files, checkpoint.run_dir)
+        # A run going on logs in its own TensorBoard run, the epochs numbered on.
+        checkpoint.run_dir = checkpoint.run_dir or reports.start_run(
+            args.log_dir, "TransferModel", settings, class_names, train_images, train_labels, AUGMENTATION, args.seed, run_files)
         print(f"TensorBoard run: {checkpoint.run_dir}")
         validation_report = reports.ValidationReport(checkpoint.run_dir, None, validation_images, validation_labels,
                                                      validation_names, class_names, CONFUSION_MATRIX_EVERY)
@@ -308,7 +307,7 @@ def main():
                 train_features, keras.utils.to_categorical(train_labels, len(class_names)),
                 validation_data=(validation_features, keras.utils.to_categorical(validation_labels, len(class_names))),
                 batch_size=args.batch_size, epochs=feature_epochs, initial_epoch=checkpoint.epoch, verbose=2,
-                callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), best_epoch, validation_report, checkpoint])
+                callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), validation_report, checkpoint])
 
         # Stage 2: the last block and the classifier on augmented images, at a low learning rate.
         if args.epochs > feature_epochs:
@@ -320,15 +319,15 @@ def main():
                                           args.seed + checkpoint.epoch, AUGMENTATION),
                 validation_data=validation_batches, epochs=args.epochs, initial_epoch=max(checkpoint.epoch, feature_epochs),
                 shuffle=False, verbose=2,
-                callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), best_epoch, validation_report, checkpoint])
+                callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), validation_report, checkpoint])
 
         # The model kept is the epoch of highest val_accuracy; the last is saved beside it.
-        last = (checkpoint.epoch, checkpoint.last_metrics, model.get_weights())
-        kept_epoch, kept_metrics, kept_weights = kept = best_epoch.kept(*last)
+        kept, last = checkpoint.kept_and_last(model.get_weights())
+        kept_epoch, kept_metrics, kept_weights = kept
         model.set_weights(kept_weights)
         report, mistakes = validation_report.describe(training.probabilities(model, validation_images),
                                                       checkpoint.epoch - 1)
-        saved = training.save_model_files(model, args.model_file, class_names, kept, last, split)
+        saved = training.save_model_files(model, args.model_file, class_names, kept, last, settings)
         checkpoint.remove()
     runs.on_stop(f"the model is saved in {args.model_file}")
 

@@ -8,11 +8,12 @@ import hashlib
 import io
 import itertools
 import os
-import secrets
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 import runs
 from runs import DataError, readable_text, warn
@@ -108,8 +109,6 @@ def why_unreadable(path, error):
     """A short reason, for a warning line, why the image at path could not be read."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return "the file is empty"
-    if not os.path.exists(path):
-        return "no such file"
     if isinstance(error, Image.UnidentifiedImageError):
         return "not an image that Pillow can read"
     if isinstance(error, Image.DecompressionBombError):
@@ -127,8 +126,7 @@ def read_rgb(path):
 
 
 def read_image(path, image_size):
-    """One image as the models see it: image_size x image_size x 3 uint8, stretched to a square as flow_from_directory
-    did, resized with antialiasing; a large JPEG is decoded small (draft)."""
+    """One image as the models see it: stretched to a square as flow_from_directory did, resized with antialiasing."""
     with Image.open(path) as image:
         image.draft("RGB", (image_size, image_size))
         upright = to_rgb(ImageOps.exif_transpose(image))
@@ -136,8 +134,7 @@ def read_image(path, image_size):
 
 
 def read_images(paths, image_size):
-    """(uint8 array of the images at paths that can be read, readable mask), read in parallel; each file that cannot be
-    read is warned about and left out."""
+    """(uint8 array of the images at paths that can be read, readable mask), read in parallel; others warned about."""
     images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
 
     def read_into(position):
@@ -159,8 +156,7 @@ def read_images(paths, image_size):
 
 
 def read_image_folder(data_dir, class_names, image_size, role):
-    """(images, labels, paths) of every readable image of data_dir's class folders, in flow_from_directory's order; a
-    class left without a readable image is a DataError."""
+    """(images, labels, paths) of every readable image of data_dir's class folders, in flow_from_directory's order."""
     paths, labels = [], []
     for index, class_name in enumerate(class_names):
         for name in list_images(os.path.join(data_dir, class_name)):
@@ -195,11 +191,6 @@ def check_validation_split(validation_dir, fraction, default_dir):
     return None
 
 
-def split_of(fraction, seed):
-    """A run's validation split as model files record it: the flags that make it again, or nothing."""
-    return f"--validation-split {fraction} --seed {seed}" if fraction else ""
-
-
 # The parts of each image hashed, as the fractions (left, top, right, bottom) cut off: the whole, its
 # centre, and the whole less a strip on one side. A copy cropped by up to 5 % matches one of them.
 HASHED_PARTS = ((0, 0, 0, 0), (.02, .02, .02, .02), (.05, .05, .05, .05),
@@ -217,8 +208,8 @@ def perceptual_hashes(images):
 
 
 def near_duplicates(hashes, other_hashes=None):
-    """Index pairs (i, j) of near-duplicate images: within hashes (i < j), or of hashes and other_hashes. Two images
-    are when at most NEAR_DUPLICATE_BITS bits differ between one's whole image and any hashed part of the other."""
+    """Index pairs (i, j) of near-duplicates, within hashes (i < j) or of hashes and other_hashes: at most
+    NEAR_DUPLICATE_BITS bits differ between one's whole image and any hashed part of the other."""
     others = hashes if other_hashes is None else other_hashes
     signs, other_signs = (np.where(bits, 1, -1).astype(np.float32) for bits in (hashes, others))
     most_agreeing = hashes.shape[-1] - 2 * NEAR_DUPLICATE_BITS  # bits that agree less those that differ
@@ -234,18 +225,9 @@ def near_duplicates(hashes, other_hashes=None):
     return pairs
 
 
-def split_groups(count, pairs):
-    """The group of each of count images: near-duplicates (index pairs) joined, transitively."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    first, second = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
-    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(count, count))
-    return connected_components(graph, directed=False)[1]
-
-
 def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
-    """Which images go to validation: those whose group's first path within its class folder (so that a photo moved to
-    another class keeps its side) hashes with the seed below fraction; every class needs images on both sides."""
+    """Which images go to validation: those whose group's first path within its class folder (so that a photo moved
+    to another class keeps its side) hashes with the seed below fraction."""
     keys = [os.path.relpath(path, os.path.join(data_dir, class_names[label])).replace(os.sep, "/")
             for path, label in zip(paths, labels)]
     group_keys = {}
@@ -264,9 +246,9 @@ def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
 
 
 def read_training_and_validation(train_dir, validation_dir, class_names, image_size, fraction, seed):
-    """Every image read once: (images, labels) to train on, (images, labels, names within their folder) to validate on,
-    from the two folders or train_dir split by fraction and seed, and the files for the run's folder, {name: text};
-    near-duplicates across the two sides or across classes warned about."""
+    """Every image read once: (images, labels) to train on, (images, labels, names within their folder) to validate
+    on, from the two folders or train_dir split by fraction and seed, and the run folder's files, {name: text};
+    near-duplicates across the sides or the classes warned about."""
     images, labels, paths = read_image_folder(train_dir, class_names, image_size, "training")
     hashes = perceptual_hashes(images)
     index_pairs = near_duplicates(hashes)
@@ -286,7 +268,10 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
         names = [os.path.relpath(path, validation_dir) for path in validation_paths]
         run_files = {}
     else:
-        groups = split_groups(len(paths), index_pairs)
+        # Each image's group: near-duplicates joined, transitively.
+        first, second = np.array(index_pairs, dtype=np.int64).reshape(-1, 2).T
+        graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(paths),) * 2)
+        groups = connected_components(graph, directed=False)[1]
         side = held_out(train_dir, paths, labels, groups, class_names, fraction, seed)
         train, validation_images, validation_labels = (images[~side], labels[~side]), images[side], labels[side]
         names = [os.path.relpath(path, train_dir) for path, held in zip(paths, side) if held]
@@ -328,36 +313,23 @@ def list_images_to_predict(path):
     return paths
 
 
-def read_images_to_predict(paths, image_size):
-    """(images, paths) of the images at paths that can be read, read as for training."""
-    images, readable = read_images(paths, image_size)
-    if not readable.any():
-        raise DataError("none of the images to predict can be read: see the warnings above")
-    return images, [path for path, ok in zip(paths, readable) if ok]
-
-
 def save_new_file(data, folder, names):
-    """Write data (bytes) as a new file in folder, under the first of names that is free; its path. The name is claimed
-    by an exclusive create, which no other program can win too, and the whole data, written under a hidden name, is
-    renamed onto it: on any drive (FAT, exFAT, shares). A stop waits the milliseconds this takes."""
-    temp_path = os.path.join(folder, f".new-{secrets.token_hex(4)}.partial")
+    """Write data as a new file in folder under the first of names that is free (an exclusive create, never over a
+    file, on any drive); its path. A stop waits for it; one a full disk cut is removed."""
     with runs.stops_held():
-        try:
-            with open(temp_path, "xb") as temp_file:
-                temp_file.write(data)
-            for name in names:
-                try:
-                    open(os.path.join(folder, name), "xb").close()
-                except FileExistsError:
-                    continue
-                os.replace(temp_path, os.path.join(folder, name))
-                return os.path.join(folder, name)
-        except OSError as error:
-            raise DataError(f"cannot write in '{os.path.normpath(folder)}' ({runs.why_not_written(error)}): free some "
-                            "space, or choose another folder") from None
-        finally:
-            if os.path.exists(temp_path):
-                os.unlink(temp_path)
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "xb") as new_file:
+                    new_file.write(data)
+                return path
+            except FileExistsError:
+                continue
+            except OSError as error:
+                if os.path.isfile(path):
+                    os.unlink(path)  # its own, half-written
+                raise DataError(f"cannot write in '{os.path.normpath(folder)}' ({runs.why_not_written(error)}): free "
+                                "some space, or choose another folder") from None
 
 
 def save_new_jpeg(image, folder, prefix):

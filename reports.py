@@ -32,9 +32,8 @@ def check_log_folder(log_dir):
 
 
 def new_run_folder(log_dir, name, files=None):
-    """A new folder <log_dir>/<name>-<date>-<time>, or -2, -3, ... after it if that is taken: os.mkdir makes a folder
-    or fails in one step, so runs started in the same second (a sweep in a shell loop) never share one. files ({name:
-    text}) are written in it."""
+    """A new folder <log_dir>/<name>-<date>-<time>, or -2, -3... if taken (os.mkdir makes one or fails, so that runs
+    started in the same second never share one), holding files ({name: text})."""
     stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         os.makedirs(log_dir, exist_ok=True)
@@ -50,22 +49,27 @@ def new_run_folder(log_dir, name, files=None):
                         "choose another --log-dir") from None
 
 
-def start_run(log_dir, script, settings, class_names, train_images, train_labels, augmentation, seed, run_files,
-              run_dir=None):
-    """The run's folder: run_dir, an unfinished run's, going on; or a new one holding run_files, the run's settings
-    (HParams) and a grid of training images as the network gets them."""
-    if run_dir:
-        return run_dir
+def start_run(log_dir, script, settings, class_names, train_images, train_labels, augmentation, seed, run_files):
+    """A new run folder holding run_files, the run's settings (HParams) and training images as the network gets
+    them."""
     run_dir = new_run_folder(log_dir, script, run_files)
     log_hparams(run_dir, settings, class_names, train_labels, augmentation)
-    log_training_images(run_dir, train_images, train_labels, class_names, augmentation, seed,
-                        step=settings["initial_epoch"])
+    # The first training images of each class in turn, resized and augmented.
+    by_class = [np.flatnonzero(train_labels == index) for index in range(len(class_names))]
+    picked = [index for group in itertools.zip_longest(*by_class) for index in group if index is not None][:16]
+    batch = train_images[picked]
+    if augmentation:
+        batch = training.augment(batch, ImageDataGenerator(**augmentation), tf.constant([seed, 0]))
+    log_picture(run_dir, "augmented_training_images" if augmentation else "training_images", picture_grid(
+        [Image.fromarray(np.asarray(image).round().astype(np.uint8)) for image in batch],
+        [class_names[train_labels[index]] for index in picked], columns=3, tile=115), settings["initial_epoch"],
+        "What the network is trained on: training images at the size it takes, "
+        + ("after random augmentation." if augmentation else "not augmented."))
     return run_dir
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard callback, each epoch's scalars on disk as the epoch ends: its writers flush every two
-    minutes, and a killed run would lose epochs its checkpoint holds."""
+    """Each epoch's scalars on disk as it ends: Keras' writers flush every two minutes, a kill would lose them."""
 
     def on_epoch_end(self, epoch, logs=None):
         with written_events(self.log_dir):
@@ -98,8 +102,7 @@ def written_events(run_dir):
 
 
 def log_hparams(run_dir, hparams, class_names, train_labels, augmentation=None):
-    """The run's settings for the HParams dashboard, with its training images per class and, if given, augmentation
-    (ImageDataGenerator's keyword arguments) beside them, 0 where unset."""
+    """The run's settings, its training images per class and augmentation (0 where unset), for HParams."""
     counts = np.bincount(train_labels, minlength=len(class_names))
     hparams = {**hparams, "train_images": len(train_labels),
                "images_per_class": ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))}
@@ -124,22 +127,6 @@ def log_text(run_dir, tag, markdown, step):
         tf.summary.text(tag, readable_text(markdown), step=step)
 
 
-def log_training_images(run_dir, images, labels, class_names, augmentation, seed, step, count=16):
-    """A grid of training images as the network gets them, resized and augmented: the first of each class in turn, so
-    that every class shows."""
-    by_class = [np.flatnonzero(labels == index) for index in range(len(class_names))]
-    picked = [index for group in itertools.zip_longest(*by_class) for index in group if index is not None]
-    batch = images[picked[:count]]
-    if augmentation:
-        batch = training.augment(batch, ImageDataGenerator(**augmentation), tf.constant([seed, 0]))
-    pictures = [Image.fromarray(np.asarray(image).round().astype(np.uint8)) for image in batch]
-    captions = [class_names[labels[index]] for index in picked[:count]]
-    log_picture(run_dir, "augmented_training_images" if augmentation else "training_images",
-                picture_grid(pictures, captions, columns=3, tile=115), step,
-                "What the network is trained on: training images at the size it takes, "
-                + ("after random augmentation." if augmentation else "not augmented."))
-
-
 # The validation report: per class, and the mistakes.
 
 def report_table(labels, predictions, class_names):
@@ -155,8 +142,7 @@ def report_table(labels, predictions, class_names):
 
 
 def log_validation(run_dir, images, labels, probabilities, names, class_names, title, step, predictions=None):
-    """The validation images' confusion matrix, and the misclassified ones, most confident first (up to 24), as
-    TensorBoard pictures; (predictions, by default the likeliest classes, confidences)."""
+    """The confusion matrix, and the mistakes most confident first (24), as pictures; (predictions, confidences)."""
     predictions = probabilities.argmax(axis=1) if predictions is None else predictions
     counts = confusion_matrix(labels, predictions, labels=range(len(class_names)))
     log_picture(run_dir, "confusion_matrix", draw_confusion_matrix(counts, class_names, title),
@@ -177,9 +163,8 @@ def log_validation(run_dir, images, labels, probabilities, names, class_names, t
 
 
 class ValidationReport(keras.callbacks.Callback):
-    """The validation set's confusion matrix and mistakes in TensorBoard every few epochs but the last; describe()
-    those of the model saved. batches are what the model fit trains takes (validation_batches(), or TransferModel's
-    features); names, the images' paths in the validation folder."""
+    """The validation set's confusion matrix and mistakes every few epochs; describe() those of the model saved.
+    batches: what the model fit trains takes; names: the images' paths in their folder."""
 
     def __init__(self, run_dir, batches, images, labels, names, class_names, every):
         super().__init__()
@@ -192,8 +177,7 @@ class ValidationReport(keras.callbacks.Callback):
                            self.names, self.class_names, f"validation set after epoch {epoch + 1}", epoch)
 
     def describe(self, probabilities, epoch):
-        """Log the model saved, its validation probabilities given, at epoch (counted from 0); returns its (per-class
-        report, table of mistakes)."""
+        """The model saved, by its probabilities, logged at epoch (from 0): (per-class report, table of mistakes)."""
         predictions, confidences = log_validation(self.run_dir, self.images, self.labels, probabilities, self.names,
                                                   self.class_names, "validation set, the model saved", epoch)
         report = report_table(self.labels, predictions, self.class_names)
@@ -204,24 +188,21 @@ class ValidationReport(keras.callbacks.Callback):
 
 
 def mistakes(labels, predictions, confidences):
-    """Indices of the misclassified images, the most confident mistake first (confidences: the probability given to
-    each prediction)."""
+    """Indices of the misclassified images, the most confident (confidences: of each prediction) first."""
     wrong = np.flatnonzero(np.asarray(predictions) != np.asarray(labels))
     return wrong[np.argsort(-np.asarray(confidences)[wrong], kind="stable")]
 
 
 def mistakes_table(names, labels, predictions, confidences, class_names, limit=20):
-    """The mistakes, most confident first, a tab-separated line each: the image's name, its true class, the predicted
-    class and the probability given to it; at most limit."""
+    """The mistakes, most confident first, a line each: name, true class, predicted class, its probability."""
     return first_lines(["path\ttrue class\tpredicted class\tprobability"] + [
         f"{readable_text(names[index])}\t{class_names[labels[index]]}\t{class_names[predictions[index]]}\t"
         f"{confidences[index]:.4f}" for index in mistakes(labels, predictions, confidences)], limit)
 
 
 def label_issues(paths, labels, probabilities, class_names):
-    """The images whose given label looks wrong, the most suspect first, from out-of-fold probabilities (cleanlab's
-    find_label_issues, made for this), as text: a line each, the path, the given class, the probability of it and the
-    class the model believes."""
+    """The images whose label looks wrong by out-of-fold probabilities (cleanlab's find_label_issues), most suspect
+    first, a line each: path, given class, its probability, the class the model believes."""
     from cleanlab.filter import find_label_issues  # slow to import, and only --check-labels needs it
     suspects = find_label_issues(np.asarray(labels), np.asarray(probabilities),
                                  return_indices_ranked_by="self_confidence", n_jobs=1)

@@ -1,6 +1,6 @@
-"""What every script's process does: its start, its stops, its errors in one line, the lock that keeps two trainings
-off one model file, and files written whole. A script calls start() first; from then on a stop (Ctrl-C, SIGTERM,
-SIGHUP) prints one line saying what is saved (on_stop() tells it), then ends the process by the signal.
+"""A script's process: its start, its stops, its errors in one line, the lock that keeps two trainings off one model
+file, and files written whole. From start() on, a stop prints one line saying what is saved (on_stop()), then ends the
+process by the signal.
 """
 
 import contextlib
@@ -50,8 +50,7 @@ _START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeL
 
 
 def without_start_up_lines(text):
-    """text less TensorFlow's start-up lines, and its failed cuInit where no CUDA driver was found (there is no GPU,
-    then); with a driver, that is a real error and stays."""
+    """text less TensorFlow's start-up lines, and its failed cuInit if no CUDA driver was found (then no GPU)."""
     no_gpu_driver = "Could not find cuda drivers" in text
     return "".join(line for line in text.splitlines(keepends=True) if not _START_UP_LINE.match(line)
                    and not (no_gpu_driver and "failed call to cuInit" in line))
@@ -105,8 +104,7 @@ def _stop(signal_number, frame):
 
 
 def end_by_signal(signal_number):
-    """End the process by the signal, as shells expect: they show 128 + its number (130, 143, 129), and a loop of
-    runs stops too."""
+    """End the process by the signal, as shells expect: they show 128 + its number, and a loop of runs stops."""
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
     if os.name != "nt":  # Windows ends a process by a signal with its own status
@@ -117,8 +115,8 @@ def end_by_signal(signal_number):
 
 @contextlib.contextmanager
 def stops_held():
-    """A stop during the block is acted on after it: for a user's new image, whose name is claimed by an empty file
-    before the data is renamed onto it (no drive has an atomic rename that never overwrites: no hard links on FAT)."""
+    """A stop during the block is acted on after it: a new image is written under its own name, never replacing a
+    file (no drive has an atomic rename that never overwrites: no hard links on FAT)."""
     global _held_stops
     _held_stops = []
     try:
@@ -174,8 +172,8 @@ def hidden_name(path):
 
 
 def write_whole(saves):
-    """Write each file of saves, {path: save(path written to)}, under its hidden name, flushed to the disk (a power
-    cut), then rename all into place. One that cannot be written is a DataError naming it, and nothing is replaced."""
+    """Write each of saves, {path: save(path)}, under a hidden name, flushed to disk (a power cut), then rename all
+    into place; one not written (a full disk) is a DataError naming it, nothing replaced."""
     try:
         for path, save in saves.items():
             try:

@@ -1,9 +1,6 @@
-"""The networks' side of the scripts: a run's settings checked, photos in batches augmented in memory, the epoch kept,
-the run's state on disk after every epoch, the model files, and photos classified by a saved model.
-
-Model files: <name>.h5, the epoch kept (BestEpoch), and <name>.last.h5, the last epoch, which --initial-epoch goes on
-from; each with its weights (and optimizer state) beside it, <name>.weights.h5, and its class names, epoch and metrics.
-While a run trains, <name>.checkpoint.weights.h5 holds its state after its last complete epoch.
+"""The networks' side: settings checked, photos in batches augmented in memory, the run's state on disk after every epoch,
+the model files (<name>.h5, the epoch kept, <name>.last.h5, the last, each with its weights and optimizer state beside
+it), and photos classified by a saved model.
 """
 
 import json
@@ -27,8 +24,7 @@ AUGMENTATION_CHUNK = 64
 
 
 def check_training_settings(epochs, initial_epoch, batch_size, image_size, augmentation, smallest_image=22):
-    """Before anything slow starts. augmentation: ImageDataGenerator's keyword arguments, as the scripts state them;
-    smallest_image: three 3x3 convolutions, each followed by 2x2 pooling, need 22 pixels; keras.applications' 32."""
+    """augmentation: ImageDataGenerator's keyword arguments; smallest_image: the scripts' networks need 22 pixels."""
     for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
         if value < 1:
             raise DataError(f"{flag} {value} must be 1 or more")
@@ -55,8 +51,7 @@ def check_training_settings(epochs, initial_epoch, batch_size, image_size, augme
 
 
 def label_check_folds(train_dir, image_size, seed, folds):
-    """--check-labels' reading of the training folder: (images, labels, paths, class names, the stratified folds, each
-    (indices trained on, indices held out)), at most folds of them."""
+    """--check-labels' reading: (images, labels, paths, class names, [(trained on, held out)] of stratified folds)."""
     class_names, _ = photos.check_image_folder(train_dir, "training")
     images, labels, paths = photos.read_image_folder(train_dir, class_names, image_size, "training")
     folds = min(folds, np.bincount(labels).min())
@@ -73,24 +68,19 @@ def network_input(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def _batches_of(images, labels, indices, num_classes):
-    """Images and one-hot labels picked by index batches: only indices are shuffled (a buffer would copy the images)."""
-    images, labels = tf.constant(images), tf.one_hot(labels, num_classes)
-    return indices.map(lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
-
-
 def validation_batches(images, labels, num_classes, batch_size):
     """Batches in a fixed order, so that every epoch's val_loss is measured on the same images."""
-    indices = tf.data.Dataset.range(len(images)).batch(batch_size)
-    return _batches_of(images, labels, indices, num_classes).map(
+    return tf.data.Dataset.from_tensor_slices((images, tf.one_hot(labels, num_classes))).batch(batch_size).map(
         lambda x, y: (network_input(x), y)).prefetch(tf.data.AUTOTUNE)
 
 
 def training_batches(images, labels, num_classes, batch_size, seed, augmentation=None):
-    """Shuffled batches, every image once per epoch, transformed as ImageDataGenerator(**augmentation) would, a chunk of
-    images at a time in TensorFlow: measured twice as fast as the generator's flow() and as Keras' layers."""
-    order = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed)
-    chunks = _batches_of(images, labels, order.batch(AUGMENTATION_CHUNK), num_classes)
+    """Shuffled batches, each image once an epoch, augmented a chunk at a time in TensorFlow: twice as fast as
+    flow()."""
+    # Only indices are shuffled: a shuffle buffer would hold a second copy of the images.
+    images, labels = tf.constant(images), tf.one_hot(labels, num_classes)
+    chunks = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed).batch(AUGMENTATION_CHUNK).map(
+        lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
     if augmentation:
         generator = ImageDataGenerator(**augmentation)
         # One random seed per chunk makes the transforms repeatable with --seed.
@@ -105,9 +95,8 @@ def training_batches(images, labels, num_classes, batch_size, seed, augmentation
 
 
 def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
-    """ImageDataGenerator's affine matrix for square images, one per image: rotation, then shift, shear and zoom about
-    the centre (its product written out); degrees and pixels, one value per image each. Returns the 8-number transforms
-    keras.ops.image.affine_transform takes."""
+    """ImageDataGenerator's affine matrix for square images, one per image (degrees and pixels, a value per image):
+    rotation, then shift, shear and zoom about the centre, as keras.ops.image.affine_transform takes it."""
     theta, shear, centre = theta * (math.pi / 180), shear * (math.pi / 180), size / 2 - 0.5
     cos, sin = tf.cos(theta), tf.sin(theta)
     a00, a01 = cos * zoom_x, -tf.sin(theta + shear) * zoom_y
@@ -119,9 +108,8 @@ def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
 
 
 def augment(images, generator, seed):
-    """ImageDataGenerator.random_transform of a batch of square images, all at once: the same ranges, matrix and fill
-    mode, bilinear like its scipy transform; brightness_range multiplies the pixels, without the generator's contrast
-    stretch. Float32 pixels from 0 to 255."""
+    """ImageDataGenerator.random_transform of a batch of square images at once: the same ranges, matrix, fill mode and
+    bilinear filter; brightness_range multiplies the pixels, without its contrast stretch. Float32 pixels, 0 to 255."""
     count, size = tf.shape(images)[0], images.shape[1]
     seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=8)))
 
@@ -149,43 +137,38 @@ def augment(images, generator, seed):
     return transformed
 
 
-# The epoch kept, and the run's state after every epoch.
+# The run's state after every epoch: the last epoch and the one kept.
 
-class BestEpoch(keras.callbacks.Callback):
-    """The epoch (counted from 1) of highest val_accuracy, the lower val_loss on a tie: its weights (weights_of's, if
-    fit trains a part of it) and metrics. On held-out photos it did better than the last (docs/generalisation.md)."""
-    # Keras' ModelCheckpoint(save_best_only=True) compares one metric, and writes its file in place.
+def better(logs, kept_metrics):
+    """Whether an epoch of these logs beats the one kept: a higher val_accuracy, the lower val_loss on a tie. An epoch
+    whose val_loss is not a number diverged: never kept, and beaten by any other."""
+    kept = kept_metrics or {}
+    return math.isfinite(logs["val_loss"]) and (not math.isfinite(kept.get("val_loss", math.nan)) or (
+        logs["val_accuracy"], -logs["val_loss"]) > (kept["val_accuracy"], -kept["val_loss"]))
 
-    def __init__(self, epoch=None, metrics=None, weights=None, weights_of=None):
-        super().__init__()
-        self.epoch, self.metrics, self.weights, self.weights_of = epoch, metrics, weights, weights_of
 
-    def on_epoch_end(self, epoch, logs=None):
-        # An epoch whose val_loss is not a number diverged: never kept, and beaten by any other.
-        best = self.metrics or {}
-        if math.isfinite(logs["val_loss"]) and (not math.isfinite(best.get("val_loss", math.nan)) or (
-                logs["val_accuracy"], -logs["val_loss"]) > (best["val_accuracy"], -best["val_loss"])):
-            self.epoch, self.weights = epoch + 1, (self.weights_of or self.model).get_weights()
-            self.metrics = {name: float(value) for name, value in logs.items()}
-
-    def kept(self, last_epoch, last_metrics, last_weights):
-        """(epoch, metrics, weights) of the model kept: the last epoch's, given, if none was kept."""
-        return (last_epoch, last_metrics, last_weights) if self.weights is None else (
-            self.epoch, self.metrics, self.weights)
+def differences(then, now, names=None):
+    """The settings (names, or all) that differ, as "name <then> then, <now> now; ..."; now as read back from JSON."""
+    now = json.loads(json.dumps(now))
+    return "; ".join(f"{name} {then.get(name)!r} then, {now.get(name)!r} now"
+                     for name in sorted(names or then.keys() | now.keys()) if then.get(name) != now.get(name))
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """A run's state after each complete epoch, in <name>.checkpoint.weights.h5: the weights and optimizer state of the
-    model fit trains, the epoch kept, the last epoch's metrics, the TensorBoard run and the run's settings. The same
-    command goes on from it; one of other settings is refused, or moved aside with restart; a finished run removes it."""
+    """A run's state after each complete epoch, in <name>.checkpoint.weights.h5: the weights and optimizer of the
+    model fit trains, the epoch kept (of highest val_accuracy, docs/generalisation.md) with its weights
+    (weights_of's if fit trains a part), the last epoch's metrics, the TensorBoard run and the settings. The same
+    command goes on from it."""
     # Keras' BackupAndRestore writes the weights and the epoch as two files, each in place: a kill between or during
-    # them resumes the wrong epoch, or fails. One file renamed into place cannot.
+    # them resumes the wrong epoch, or fails; one file renamed into place cannot. ModelCheckpoint(save_best_only=True)
+    # compares one metric, and writes its file in place too.
 
-    def __init__(self, model_file, settings, best_epoch, initial_epoch, restart):
+    def __init__(self, model_file, settings, initial_epoch, restart, weights_of=None):
         super().__init__()
         self.path = f"{os.path.splitext(model_file)[0]}.checkpoint.weights.h5"
         self.settings = json.loads(json.dumps(settings))  # as it is read back: lists, not tuples
-        self.best_epoch, self.epoch, self.last_metrics = best_epoch, initial_epoch, {}
+        self.epoch, self.last_metrics, self.weights_of = initial_epoch, {}, weights_of
+        self.kept_epoch = self.kept_metrics = self.kept_weights = None
         self.recorded = self.moved_aside = None  # the unfinished run's state
         if os.path.exists(self.path) and restart:
             self.moved_aside = self.path.replace(".checkpoint.", time.strftime(".checkpoint-%Y%m%d-%H%M%S."))
@@ -197,23 +180,21 @@ class Checkpoint(keras.callbacks.Callback):
             except Exception as error:  # h5py and json raise many kinds on a file they did not write
                 raise DataError(f"cannot read the unfinished run in '{self.path}' ({type(error).__name__}): move it "
                                 "away, or add --restart to start again") from None
-            then = self.recorded["settings"]
-            differences = "; ".join(f"{name} {then.get(name)!r} then, {self.settings.get(name)!r} now" for name in
-                                    sorted(then.keys() | self.settings.keys()) if then.get(name) != self.settings.get(name))
-            if differences:
-                raise DataError(f"'{self.path}' holds an unfinished run started with other settings ({differences}): "
+            differing = differences(self.recorded["settings"], self.settings)
+            if differing:
+                raise DataError(f"'{self.path}' holds an unfinished run started with other settings ({differing}): "
                                 "run the command it was started with to go on, or add --restart to start again (the "
                                 "unfinished run is then kept aside)")
         self.run_dir, self.trained = (self.recorded or {}).get("run_dir"), (self.recorded or {}).get("trained")
         self._tell_stops()
 
     def restore(self, model):
-        """Go on: model (the model fit trained, compiled) gets its weights and optimizer state, best_epoch its epoch."""
+        """Go on: model (the model fit trained, compiled) gets its weights and optimizer state back."""
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
             model.load_weights(self.path)
-            kept = (self.best_epoch.weights_of or model).get_weights()
+            kept = (self.weights_of or model).get_weights()
             with h5py.File(self.path, "r") as saved:  # the kept weights that differ from the last
                 for index, weights in saved.get("kept", {}).items():
                     kept[int(index)] = weights[()]
@@ -222,12 +203,15 @@ class Checkpoint(keras.callbacks.Callback):
                             "start again") from None
         self.epoch, self.last_metrics = self.recorded["epoch"], self.recorded["last_metrics"]
         if self.recorded["kept_epoch"]:
-            self.best_epoch.epoch, self.best_epoch.metrics = self.recorded["kept_epoch"], self.recorded["kept_metrics"]
-            self.best_epoch.weights = kept
+            self.kept_epoch, self.kept_metrics, self.kept_weights = (
+                self.recorded["kept_epoch"], self.recorded["kept_metrics"], kept)
         self._tell_stops()
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch, self.last_metrics = epoch + 1, {name: float(value) for name, value in logs.items()}
+        if better(logs, self.kept_metrics):
+            self.kept_epoch, self.kept_metrics = epoch + 1, self.last_metrics
+            self.kept_weights = (self.weights_of or self.model).get_weights()
         runs.write_whole({self.path: self._save})
         self._tell_stops()
 
@@ -236,14 +220,14 @@ class Checkpoint(keras.callbacks.Callback):
         with h5py.File(path, "a") as saved:
             # Only the kept weights that differ from the last: stage 1 of TransferModel trains its classifier alone,
             # and would write the frozen network every epoch.
-            last = (self.best_epoch.weights_of or self.model).get_weights()
-            for index, (weights, last_weights) in enumerate(zip(self.best_epoch.weights or [], last)):
+            last = (self.weights_of or self.model).get_weights()
+            for index, (weights, last_weights) in enumerate(zip(self.kept_weights or [], last)):
                 if not np.array_equal(weights, last_weights):
                     saved.create_dataset(f"kept/{index}", data=weights)
             saved.attrs["run"] = json.dumps({
                 "settings": self.settings, "epoch": self.epoch, "last_metrics": self.last_metrics,
-                "kept_epoch": self.best_epoch.epoch, "kept_metrics": self.best_epoch.metrics,
-                "run_dir": self.run_dir, "trained": self.model.name})
+                "kept_epoch": self.kept_epoch, "kept_metrics": self.kept_metrics, "run_dir": self.run_dir,
+                "trained": self.model.name})
 
     def _tell_stops(self):
         if os.path.exists(self.path):
@@ -251,6 +235,11 @@ class Checkpoint(keras.callbacks.Callback):
                 f"goes on at epoch {self.epoch + 1}" if self.epoch < self.settings["epochs"] else "saves its model"))
         elif self.epoch:
             runs.on_stop(f"nothing new saved: the same command starts again at epoch {self.epoch + 1}")
+
+    def kept_and_last(self, last_weights):
+        """((epoch, metrics, weights) of the model kept, those of the last): the last twice if none was kept."""
+        last = (self.epoch, self.last_metrics, last_weights)
+        return (last if self.kept_weights is None else (self.kept_epoch, self.kept_metrics, self.kept_weights)), last
 
     def remove(self):
         for path in (self.path, runs.hidden_name(self.path)):
@@ -260,10 +249,9 @@ class Checkpoint(keras.callbacks.Callback):
 
 # Model files.
 
-def save_model_files(model, model_file, class_names, kept, last, split):
-    """Save the epoch kept as model_file and the last as <name>.last.h5, each with its weights beside it, all written
-    whole; kept and last are (epoch, metrics, weights), the model holding the last after. split (photos.split_of) is
-    the validation split a run going on must keep. Returns the paths."""
+def save_model_files(model, model_file, class_names, kept, last, settings):
+    """The epoch kept as model_file and the last as <name>.last.h5, each with its weights beside it, written whole,
+    with the run's settings; kept and last: (epoch, metrics, weights). Their paths."""
     def saver(path, epoch, metrics, weights):
         def save(written_as):
             model.set_weights(weights)
@@ -272,7 +260,7 @@ def save_model_files(model, model_file, class_names, kept, last, split):
             model.save(written_as)
             with h5py.File(written_as, "a") as saved:
                 saved.attrs.update(class_names=json.dumps(class_names), epoch=epoch, metrics=json.dumps(metrics),
-                                   validation_split=split)
+                                   settings=json.dumps(settings))
         return save
 
     stem = os.path.splitext(model_file)[0]
@@ -284,54 +272,51 @@ def save_model_files(model, model_file, class_names, kept, last, split):
     return list(files)
 
 
-def load_model(model_file, image_size=None, num_classes=None):
-    """The model in model_file, not compiled, and its class names; checked against the data's shapes when given."""
+def load_model(model_file):
+    """The model in model_file, not compiled, and its class names."""
     try:
         model = keras.models.load_model(model_file, compile=False)
         with h5py.File(model_file, "r") as saved:
-            class_names = json.loads(saved.attrs["class_names"])
+            return model, json.loads(saved.attrs["class_names"])
     except Exception as error:  # h5py and Keras raise many kinds on a file that is not a model
         raise DataError(f"cannot load the model in '{model_file}' ({type(error).__name__}: {error}): it was not "
                         "saved by these scripts; name another with --model-file") from None
-    expected_shape = (None, image_size, image_size, 3)
-    if image_size and (model.input_shape != expected_shape or model.output_shape != (None, num_classes)):
-        raise DataError(f"cannot resume '{model_file}': it takes {model.input_shape} and gives {model.output_shape}, "
-                        f"but the data needs {expected_shape} and {num_classes} classes")
-    return model, class_names
 
 
-def load_run(model_file, initial_epoch, split, image_size, num_classes, compile_model, best_epoch):
-    """Go on from a finished run (--initial-epoch): its last epoch, which must be initial_epoch, trained with split,
-    compiled by compile_model (which returns the part fit trains, if not all), with its optimizer's state; best_epoch
-    gets the epoch kept."""
-    stem = os.path.splitext(model_file)[0]
-    if not os.path.isfile(f"{stem}.last.h5"):
-        raise DataError(f"cannot resume: model file '{stem}.last.h5' does not exist; train from the start "
+# What a run going on from a finished one (--initial-epoch) must keep: its network and data (the split's seed too).
+KEPT_ON_RESUMING = ("script", "classes", "image_size", "validation_split")
+
+
+def load_run(model_file, initial_epoch, settings, compile_model, checkpoint):
+    """Go on from a finished run (--initial-epoch): its last epoch, compiled by compile_model (which returns the part
+    fit trains), with its optimizer's state; checkpoint gets the epoch kept."""
+    last_file = f"{os.path.splitext(model_file)[0]}.last.h5"
+    if not os.path.isfile(last_file):
+        raise DataError(f"cannot resume: model file '{last_file}' does not exist; train from the start "
                         "(--initial-epoch 0) or name the saved model with --model-file")
-    with h5py.File(f"{stem}.last.h5", "r") as saved:
-        recorded, recorded_split = saved.attrs.get("epoch"), saved.attrs.get("validation_split")
+    with h5py.File(last_file, "r") as saved:
+        recorded, then = saved.attrs.get("epoch"), json.loads(saved.attrs.get("settings", "{}"))
     if recorded != initial_epoch:
-        raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{stem}.last.h5' holds the model "
+        raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{last_file}' holds the model "
                         f"after epoch {recorded}; use --initial-epoch {recorded}")
-    if recorded_split != split:  # another split would validate on images the model trained on
-        raise DataError(f"cannot resume '{stem}.last.h5' {f'with {split}' if split else 'on a validation folder'}: "
-                        f"it was trained {f'with {recorded_split}' if recorded_split else 'on a validation folder'}; "
-                        "resume it the same way")
-    model, _ = load_model(f"{stem}.last.h5", image_size, num_classes)
+    differing = differences(then, settings, KEPT_ON_RESUMING + ("seed",) * bool(settings["validation_split"]))
+    if differing:
+        raise DataError(f"cannot resume '{last_file}': it was trained with other settings ({differing}); resume it "
+                        "with its own, or name another with --model-file")
+    model, _ = load_model(last_file)
     trained = compile_model(model) or model  # the model fit trains: in TransferModel's stage 1, its classifier
     if not trained.optimizer.built:
         trained.optimizer.build(trained.trainable_variables)
-    model.load_weights(f"{stem}.weights.h5")
-    best_epoch.weights = model.get_weights()
-    model.load_weights(f"{stem}.last.weights.h5")  # the weights files hold the optimizer's state too
+    model.load_weights(f"{os.path.splitext(model_file)[0]}.weights.h5")
+    checkpoint.kept_weights = model.get_weights()
+    model.load_weights(f"{os.path.splitext(last_file)[0]}.weights.h5")  # weights files hold the optimizer state too
     with h5py.File(model_file, "r") as saved:
-        best_epoch.epoch, best_epoch.metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
+        checkpoint.kept_epoch, checkpoint.kept_metrics = int(saved.attrs["epoch"]), json.loads(saved.attrs["metrics"])
     return model
 
 
 def probabilities(model, images):
-    """The model's class probabilities of uint8 images, called 64 at a time: predict() would trace a new function for
-    each new model, and TensorFlow warns of that after a few."""
+    """Called 64 at a time: predict() would trace a new function for each new model, and TensorFlow warns of it."""
     return np.concatenate([model(network_input(images[start:start + 64])) for start in range(0, len(images), 64)])
 
 
@@ -341,6 +326,9 @@ def predict(model_file, path):
     if not os.path.isfile(model_file):
         raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
     model, class_names = load_model(model_file)
-    images, paths = photos.read_images_to_predict(paths, model.input_shape[1])
+    images, readable = photos.read_images(paths, model.input_shape[1])
+    if not readable.any():
+        raise DataError("none of the images to predict can be read: see the warnings above")
     probabilities = model.predict(network_input(images), batch_size=32, verbose=0)
-    return paths, [class_names[index] for index in probabilities.argmax(axis=1)], probabilities.max(axis=1)
+    return ([path for path, ok in zip(paths, readable) if ok], [class_names[index] for index in probabilities.argmax(1)],
+            probabilities.max(axis=1))

@@ -85,13 +85,14 @@ def saved_epoch(model_file):
         return int(saved.attrs["epoch"])
 
 
-def save_model(model, model_file, class_names, epoch, metrics=None, kept=None):
+def save_model(model, model_file, class_names, epoch, metrics=None, kept=None, settings=None):
     """Save model as a run of the scripts leaves it: its weights as the last epoch, epoch, and as
-    the epoch kept, or kept (epoch, metrics, weights) when given; its optimizer built, as by training."""
+    the epoch kept, or kept (epoch, metrics, weights) when given; its optimizer built, as by training;
+    settings, the run's (script, classes, image_size, validation_split), when given."""
     if getattr(model, "optimizer", None) and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     last = (epoch, metrics or {}, model.get_weights())
-    return training.save_model_files(model, str(model_file), class_names, kept or last, last, "")
+    return training.save_model_files(model, str(model_file), class_names, kept or last, last, settings or {})
 
 
 def assert_stopped_in_one_line(result, signal_number, *expected_parts):

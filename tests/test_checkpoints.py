@@ -15,8 +15,8 @@ import h5py
 import keras
 import pytest
 
+import reports
 import runs
-import training
 from helpers import (MOBILENET_WEIGHTS, assert_one_line_error, assert_stopped_in_one_line, logged_scalars,
                      make_images, run_in_process, saved_epoch, start_script, stderr_lines)
 
@@ -204,9 +204,9 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
     """Ctrl-C in the second epoch: one line saying what is saved and where the same command goes on.
     Other flags, constants or classes are refused in one line saying what differs, the checkpoint
     untouched; --restart keeps it aside and starts again."""
-    epoch_end = training.BestEpoch.on_epoch_end
+    epoch_end = reports.ValidationReport.on_epoch_end
 
-    def ctrl_c_as_the_second_epoch_ends(self, epoch, logs=None):
+    def ctrl_c_as_the_second_epoch_ends(self, epoch, logs=None):  # before its state is saved
         epoch_end(self, epoch, logs)
         if epoch == 1:
             signal.raise_signal(signal.SIGINT)
@@ -215,7 +215,7 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
     model_file = tmp_path / "model.h5"
     arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 32, "--batch-size", 4,
                  "--epochs", 3, "--log-dir", tmp_path / "logs", "--model-file", model_file]
-    monkeypatch.setattr(training.BestEpoch, "on_epoch_end", ctrl_c_as_the_second_epoch_ends)
+    monkeypatch.setattr(reports.ValidationReport, "on_epoch_end", ctrl_c_as_the_second_epoch_ends)
     stopped = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
     monkeypatch.undo()
     checkpoint = tmp_path / "model.checkpoint.weights.h5"

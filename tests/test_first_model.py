@@ -48,7 +48,8 @@ def test_resumes_the_saved_model_not_a_new_one(small_dataset, tmp_path):
     model = FirstModel.build_model(32, 2)
     FirstModel.compile_model(model)
     model.set_weights([np.zeros_like(weights) for weights in model.get_weights()])
-    save_model(model, tmp_path / "zero.h5", ["apple", "berry"], 1)
+    save_model(model, tmp_path / "zero.h5", ["apple", "berry"], 1, settings={
+        "script": "FirstModel", "classes": "apple, berry", "image_size": 32, "validation_split": 0.0})
 
     result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
                         "--initial-epoch", 1, "--epochs", 2, "--batch-size", 2, "--image-size", 32,

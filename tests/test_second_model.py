@@ -69,14 +69,20 @@ def test_initial_epoch_must_match_the_saved_model(small_dataset, tmp_path):
     assert "Epoch" not in result.stdout
 
 
-def test_resuming_with_another_image_size_is_a_clear_error(small_dataset, tmp_path):
+def test_going_on_with_another_script_classes_or_image_size_is_a_clear_error(small_dataset, tmp_path):
+    """A finished model goes on with other hyperparameters, not as another script's, on other classes, at another
+    image size (it would train a network on what it was not made for)."""
     model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="adadelta", loss="categorical_crossentropy")
-    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4)
-    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6,
-                                "--image-size", 40)
-    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it takes "
-                                  "(None, 32, 32, 3) and gives (None, 2), but the data needs "
-                                  "(None, 40, 40, 3) and 2 classes")
+    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4, settings={
+        "script": "FirstModel", "classes": "apple, berry", "image_size": 32, "validation_split": 0.0})
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6, "--image-size", 40)
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it was trained with other settings "
+                                  "(image_size 32 then, 40 now; script 'FirstModel' then, 'SecondModel' now); resume it "
+                                  "with its own, or name another with --model-file")
+    for folder in small_dataset:
+        (folder / "berry").rename(folder / "cherry")
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6)
+    assert_one_line_error(result, "(classes 'apple, berry' then, 'apple, cherry' now; script 'FirstModel' then, ")
     assert "Epoch" not in result.stdout

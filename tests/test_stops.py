@@ -168,16 +168,18 @@ def test_a_stop_after_the_last_epoch_leaves_the_same_command_its_model_to_save(s
 
 
 def stop_while_writing_the_nth_image(monkeypatch, n, signal_number):
-    """The stop comes as the nth image the script saves is renamed onto the name it claimed."""
-    replace, renamed = os.replace, []
+    """The stop comes as the nth image the script saves is created, empty, before its data is written."""
+    created = []
 
-    def stop_on_the_nth(source, destination):
-        renamed.append(destination)
-        if len(renamed) == n:
-            signal.raise_signal(signal_number)
-        replace(source, destination)
+    def open_then_stop(path, mode="r", *args, **kwargs):
+        new_file = open(path, mode, *args, **kwargs)
+        if mode == "xb":
+            created.append(path)
+            if len(created) == n:
+                signal.raise_signal(signal_number)
+        return new_file
 
-    monkeypatch.setattr(os, "replace", stop_on_the_nth)
+    monkeypatch.setattr(photos, "open", open_then_stop, raising=False)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def epoch_val_accuracies(stdout):
 
 
 def kept_epoch(val_accuracies, val_losses):
-    """The epoch BestEpoch keeps, counted from 1: highest val_accuracy, the lower val_loss on a tie."""
+    """The epoch a run keeps, counted from 1: highest val_accuracy, the lower val_loss on a tie."""
     return max(range(len(val_losses)), key=lambda epoch: (val_accuracies[epoch], -val_losses[epoch])) + 1
 
 
@@ -122,46 +122,33 @@ def test_a_resumed_run_replaces_the_best_epoch_only_with_a_better_one(misleading
     assert metrics["val_accuracy"] == pytest.approx(max(val_accuracies), abs=1e-4)
 
 
-class FakeModel:
-    """Stands for a Keras model: its weights are a number, for BestEpoch to keep and put back."""
-
-    def __init__(self):
-        self.weights = 0
-
-    def get_weights(self):
-        return self.weights
-
-    def set_weights(self, weights):
-        self.weights = weights
+def kept_by_the_rule(epochs, kept_metrics=None):
+    """(epoch counted from 1, its metrics) that training.better keeps among epochs' (val_accuracy, val_loss) in turn."""
+    kept = None
+    for epoch, (val_accuracy, val_loss) in enumerate(epochs, start=1):
+        logs = {"val_accuracy": val_accuracy, "val_loss": val_loss}
+        if training.better(logs, kept_metrics):
+            kept, kept_metrics = epoch, logs
+    return kept, kept_metrics
 
 
-def test_the_epoch_kept_has_the_highest_val_accuracy_then_the_lowest_val_loss():
-    model, best_epoch = FakeModel(), training.BestEpoch()
-    best_epoch.set_model(model)
-    for epoch, (val_accuracy, val_loss) in enumerate([(0.5, 0.6), (0.75, 0.9), (0.75, 0.8), (0.7, 0.1),
-                                                      (0.75, 0.85)]):
-        model.weights = epoch
-        best_epoch.on_epoch_end(epoch, {"val_loss": val_loss, "val_accuracy": val_accuracy})
-    assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (3, 2, 0.8)
+def test_the_epoch_kept_has_the_highest_val_accuracy_then_the_lowest_val_loss(tmp_path):
+    kept, metrics = kept_by_the_rule([(0.5, 0.6), (0.75, 0.9), (0.75, 0.8), (0.7, 0.1), (0.75, 0.85)])
+    assert (kept, metrics["val_loss"]) == (3, 0.8)
     # What the model files get: the kept epoch, or the last when none was kept.
-    assert best_epoch.kept(5, {"val_loss": 0.85}, 4) == (3, best_epoch.metrics, 2)
-    assert training.BestEpoch().kept(5, {"val_loss": 0.85}, 4) == (5, {"val_loss": 0.85}, 4)
+    checkpoint = training.Checkpoint(str(tmp_path / "model.h5"), {"epochs": 5}, 5, False)
+    checkpoint.last_metrics = {"val_loss": 0.85}
+    assert checkpoint.kept_and_last("last weights") == ((5, {"val_loss": 0.85}, "last weights"),) * 2
+    checkpoint.kept_epoch, checkpoint.kept_metrics, checkpoint.kept_weights = 3, metrics, "kept weights"
+    assert checkpoint.kept_and_last("last weights")[0] == (3, metrics, "kept weights")
 
 
 def test_a_nan_val_loss_is_never_the_best_epoch():
-    model, best_epoch = FakeModel(), training.BestEpoch()
-    best_epoch.set_model(model)
-    for epoch, val_loss in enumerate([float("nan"), 0.9, float("nan"), 0.7, 0.8]):
-        model.weights = epoch
-        best_epoch.on_epoch_end(epoch, {"val_loss": val_loss, "val_accuracy": 0.5})
-    assert (best_epoch.epoch, best_epoch.weights, best_epoch.metrics["val_loss"]) == (4, 3, 0.7)
-
+    nan = float("nan")
+    kept, metrics = kept_by_the_rule([(0.5, nan), (0.5, 0.9), (0.5, nan), (0.5, 0.7), (0.5, 0.8)])
+    assert (kept, metrics["val_loss"]) == (4, 0.7)
     # A NaN kept by a run saved before this check is beaten by the first number.
-    resumed = training.BestEpoch(epoch=2, metrics={"val_loss": float("nan"), "val_accuracy": 0.9},
-                                    weights="old")
-    resumed.set_model(model)
-    resumed.on_epoch_end(5, {"val_loss": 1.5, "val_accuracy": 0.25})
-    assert (resumed.epoch, resumed.metrics["val_loss"]) == (6, 1.5)
+    assert training.better({"val_loss": 1.5, "val_accuracy": 0.25}, {"val_loss": nan, "val_accuracy": 0.9})
 
 
 def test_the_model_file_holds_the_kept_weights_and_the_last_file_the_last(tmp_path):

@@ -264,7 +264,7 @@ def readings(result):
     """{reading: test accuracy} of one run, for each way a script could keep and use its model."""
     if result["model"] == "SVMModel":
         return {"as trained": result["test_raw"][0]}
-    # The epoch BestEpoch keeps: highest val_accuracy, the lower val_loss on a tie.
+    # The epoch a run keeps: highest val_accuracy, the lower val_loss on a tie.
     best = max(range(len(result["val_accuracy"])),
                key=lambda epoch: (result["val_accuracy"][epoch], -result["val_loss"][epoch]))
     found = {"last epoch": result["test_accuracy"][-1],
