@@ -101,8 +101,8 @@ def parse_args():
                              f"{CHECK_LABELS_EPOCHS} epochs, about as long as one training run); "
                              f"nothing is moved or changed")
     args = parser.parse_args()
-    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split,
-                                                             VALIDATION_DIR)
+    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split, args.seed,
+                                                         VALIDATION_DIR)
     return args
 
 
@@ -153,7 +153,6 @@ def make_callbacks(run_dir, validation_report, checkpoint):
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    photos.check_seed(args.seed)
     training.check_training_settings(CHECK_LABELS_EPOCHS, 0, args.batch_size, args.image_size, AUGMENTATION)
     images, labels, paths, class_names, folds = training.label_check_folds(
         args.train_dir, args.image_size, args.seed, CHECK_LABELS_FOLDS)
@@ -187,7 +186,6 @@ def main():
         args.train_dir, args.validation_dir, args.validation_split)
     runs.check_output_file(args.model_file, ".h5")
     reports.check_log_folder(args.log_dir)
-    photos.check_seed(args.seed)
     training.check_training_settings(args.epochs, args.initial_epoch, args.batch_size, args.image_size, AUGMENTATION)
     print(f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\nValidation images per "
           f"class: {validation_counts or f'{args.validation_split:.0%} of each class above, by name and --seed'}")
@@ -232,7 +230,8 @@ def main():
 
         # A run going on logs in its own TensorBoard run, the epochs numbered on.
         checkpoint.run_dir = checkpoint.run_dir or reports.start_run(
-            args.log_dir, "FirstModel", settings, class_names, train_images, train_labels, AUGMENTATION, args.seed, run_files)
+            args.log_dir, "FirstModel", settings, class_names, train_images, train_labels, AUGMENTATION, args.seed,
+            run_files)
         print(f"TensorBoard run: {checkpoint.run_dir}")
         validation_report = reports.ValidationReport(checkpoint.run_dir, validation_batches, validation_images,
                                                      validation_labels, validation_names, class_names,

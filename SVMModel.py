@@ -86,8 +86,8 @@ def parse_args():
                              "wrong, the most suspect first: each image is classified by SVMs that "
                              "did not see it (cross-validation, seconds); nothing is moved or changed")
     args = parser.parse_args()
-    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split,
-                                                             VALIDATION_DIR)
+    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split, args.seed,
+                                                         VALIDATION_DIR)
     return args
 
 
@@ -197,7 +197,6 @@ def fit_svm(kinds, labels, folds):
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
     class_names, _ = photos.check_image_folder(args.train_dir, "training")
-    photos.check_seed(args.seed)
     images, labels, paths = photos.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
                                                           "training")
     kinds = features(images, FEATURES)
@@ -228,7 +227,6 @@ def main():
         args.train_dir, args.validation_dir, args.validation_split)
     runs.check_output_file(args.model_file, ".joblib")
     reports.check_log_folder(args.log_dir)
-    photos.check_seed(args.seed)
     print(f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\nValidation images per "
           f"class: {validation_counts or f'{args.validation_split:.0%} of each class above, by name and --seed'}")
 

@@ -119,8 +119,8 @@ def parse_args():
                              f"classifier trained on the features of the others ({CHECK_LABELS_FOLDS} "
                              f"folds, seconds); nothing is moved or changed")
     args = parser.parse_args()
-    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split,
-                                                             VALIDATION_DIR)
+    args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split, args.seed,
+                                                         VALIDATION_DIR)
     return args
 
 
@@ -208,7 +208,6 @@ def features_of(model, image_sets, batch_size):
 
 def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
-    photos.check_seed(args.seed)
     training.check_training_settings(FEATURE_EPOCHS, 0, args.batch_size, args.image_size, {}, SMALLEST_IMAGE)
     images, labels, paths, class_names, folds = training.label_check_folds(
         args.train_dir, args.image_size, args.seed, CHECK_LABELS_FOLDS)
@@ -245,7 +244,6 @@ def main():
         args.train_dir, args.validation_dir, args.validation_split)
     runs.check_output_file(args.model_file, ".h5")
     reports.check_log_folder(args.log_dir)
-    photos.check_seed(args.seed)
     training.check_training_settings(args.epochs, args.initial_epoch, args.batch_size, args.image_size, AUGMENTATION,
                                      SMALLEST_IMAGE)
     print(f"Classes: {', '.join(class_names)}\nTraining images per class: {train_counts}\nValidation images per "
@@ -271,8 +269,8 @@ def main():
         # A new model starts from the ImageNet weights; one going on from a finished run has them in its file.
         if args.initial_epoch and not checkpoint.recorded:
             stage = 1 if args.initial_epoch < feature_epochs else 2
-            model = training.load_run(args.model_file, args.initial_epoch, settings, lambda model: set_stage(model, stage),
-                                      checkpoint)
+            model = training.load_run(args.model_file, args.initial_epoch, settings,
+                                      lambda model: set_stage(model, stage), checkpoint)
             print(f"Resuming {args.model_file} after epoch {args.initial_epoch}")
         else:
             stage = 2 if checkpoint.recorded and checkpoint.trained != "classifier" else 1
@@ -290,7 +288,8 @@ def main():
                                                          args.batch_size)
         # A run going on logs in its own TensorBoard run, the epochs numbered on.
         checkpoint.run_dir = checkpoint.run_dir or reports.start_run(
-            args.log_dir, "TransferModel", settings, class_names, train_images, train_labels, AUGMENTATION, args.seed, run_files)
+            args.log_dir, "TransferModel", settings, class_names, train_images, train_labels, AUGMENTATION, args.seed,
+            run_files)
         print(f"TensorBoard run: {checkpoint.run_dir}")
         validation_report = reports.ValidationReport(checkpoint.run_dir, None, validation_images, validation_labels,
                                                      validation_names, class_names, CONFUSION_MATRIX_EVERY)
@@ -317,8 +316,8 @@ def main():
             model.fit(
                 training.training_batches(train_images, train_labels, len(class_names), args.batch_size,
                                           args.seed + checkpoint.epoch, AUGMENTATION),
-                validation_data=validation_batches, epochs=args.epochs, initial_epoch=max(checkpoint.epoch, feature_epochs),
-                shuffle=False, verbose=2,
+                validation_data=validation_batches, epochs=args.epochs, shuffle=False, verbose=2,
+                initial_epoch=max(checkpoint.epoch, feature_epochs),
                 callbacks=[reports.TensorBoard(log_dir=checkpoint.run_dir), validation_report, checkpoint])
 
         # The model kept is the epoch of highest val_accuracy; the last is saved beside it.

@@ -1,7 +1,5 @@
-"""Photo folders in, numbers out: the folders checked, the photos read, one folder split in two with near-duplicates
-on one side, and new images written beside a user's, never over one. A data set is a folder with one sub-folder of
-images per class, the class names being the sub-folder names in sorted order, as flow_from_directory has them.
-"""
+"""Photo folders in, numbers out: folders of one sub-folder per class checked, photos read, one folder split in two with
+near-duplicates on one side, and new images written beside a user's, never over one."""
 
 import concurrent.futures
 import hashlib
@@ -10,6 +8,7 @@ import itertools
 import os
 import warnings
 
+import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 from scipy.sparse import coo_matrix
@@ -21,8 +20,7 @@ from runs import DataError, readable_text, warn
 # The extensions flow_from_directory reads, and GIF and WebP, in any letter case.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".gif", ".webp")
 
-# Photos up to Pillow's hard limit (about 179 megapixels) load without a warning; larger ones raise
-# DecompressionBombError and are skipped like unreadable files.
+# Photos up to Pillow's hard limit (179 megapixels) load without a warning; larger ones are skipped as unreadable.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
@@ -77,19 +75,12 @@ def check_image_folders(train_dir, validation_dir, fraction=None):
     """(class names, training counts, validation counts) of two folders fit to train on; with fraction, of one."""
     if fraction:
         return (*check_image_folder(train_dir, "training"), None)
-    train_classes = class_folder_names(train_dir, "training")
-    validation_classes = class_folder_names(validation_dir, "validation")
-    if train_classes != validation_classes:
-        raise DataError(f"training classes {train_classes} in '{train_dir}' differ from validation classes "
+    classes, validation_classes = (class_folder_names(folder, role) for folder, role in
+                                   ((train_dir, "training"), (validation_dir, "validation")))
+    if classes != validation_classes:
+        raise DataError(f"training classes {classes} in '{train_dir}' differ from validation classes "
                         f"{validation_classes} in '{validation_dir}': both folders need the same class sub-folders")
-    return (train_classes, check_image_folder(train_dir, "training")[1],
-            check_image_folder(validation_dir, "validation")[1])
-
-
-def check_seed(seed):
-    """NumPy and TensorFlow take seeds from 0 to 2**32 - 1; the model scripts add the epoch."""
-    if not 0 <= seed < 2 ** 32 - 100_000:
-        raise DataError(f"--seed {seed} must be a whole number from 0 to {2 ** 32 - 100_001}")
+    return classes, check_image_folder(train_dir, "training")[1], check_image_folder(validation_dir, "validation")[1]
 
 
 # Reading images: any photo a user keeps, upright and RGB.
@@ -143,8 +134,7 @@ def read_images(paths, image_size):
         except Exception as error:  # any file that does not decode is skipped, whatever the reason
             return why_unreadable(paths[position], error)
 
-    # Pillow decodes and resizes outside Python's global lock, so threads use every core
-    # (os.process_cpu_count, new in Python 3.13, counts those this process may use).
+    # Pillow decodes and resizes outside Python's global lock: threads use every core (process_cpu_count: Python 3.13).
     cores = (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=cores) as pool:
         problems = list(pool.map(read_into, range(len(paths))))
@@ -179,13 +169,16 @@ def read_image_folder(data_dir, class_names, image_size, role):
 NEAR_DUPLICATE_BITS = 32  # of pHash's 256: measured in docs/near-duplicates.md
 
 
-def check_validation_split(validation_dir, fraction, default_dir):
-    """The validation folder to read: validation_dir or default_dir; None with --validation-split."""
+def check_validation_split(validation_dir, fraction, seed, default_dir):
+    """The validation folder to read: validation_dir or default_dir; None with --validation-split. NumPy and TensorFlow
+    take seeds from 0 to 2**32 - 1; the model scripts add the epoch."""
+    if not 0 <= seed < 2 ** 32 - 100_000:
+        raise DataError(f"--seed {seed} must be a whole number from 0 to {2 ** 32 - 100_001}")
     if fraction is None:
         return validation_dir or default_dir
     if validation_dir is not None:
-        raise DataError("--validation-dir and --validation-split cannot be used together: give "
-                        "--validation-split to hold out photos of --train-dir, or --validation-dir alone")
+        raise DataError("--validation-dir and --validation-split cannot be used together: give --validation-split to "
+                        "hold out photos of --train-dir, or --validation-dir alone")
     if not 0 < fraction < 1:
         raise DataError(f"--validation-split {fraction} must be a fraction between 0 and 1, such as 0.2")
     return None
@@ -199,7 +192,6 @@ HASHED_PARTS = ((0, 0, 0, 0), (.02, .02, .02, .02), (.05, .05, .05, .05),
 
 def perceptual_hashes(images):
     """(images, parts, 256) booleans: imagehash's pHash of each HASHED_PARTS of each uint8 image."""
-    import imagehash  # only runs that compare photos need it
     side = images.shape[1]
     return np.array([[imagehash.phash(Image.fromarray(image[round(side * top):side - round(side * bottom),
                                                             round(side * left):side - round(side * right)]),
@@ -208,8 +200,7 @@ def perceptual_hashes(images):
 
 
 def near_duplicates(hashes, other_hashes=None):
-    """Index pairs (i, j) of near-duplicates, within hashes (i < j) or of hashes and other_hashes: at most
-    NEAR_DUPLICATE_BITS bits differ between one's whole image and any hashed part of the other."""
+    """Index pairs (i, j) of near-duplicates within hashes (i < j), or of hashes and other_hashes."""
     others = hashes if other_hashes is None else other_hashes
     signs, other_signs = (np.where(bits, 1, -1).astype(np.float32) for bits in (hashes, others))
     most_agreeing = hashes.shape[-1] - 2 * NEAR_DUPLICATE_BITS  # bits that agree less those that differ
@@ -226,8 +217,8 @@ def near_duplicates(hashes, other_hashes=None):
 
 
 def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
-    """Which images go to validation: those whose group's first path within its class folder (so that a photo moved
-    to another class keeps its side) hashes with the seed below fraction."""
+    """Which images go to validation: those whose group's first path in its class folder hashes below fraction."""
+    # The path within its class folder: a photo moved to another class keeps its side.
     keys = [os.path.relpath(path, os.path.join(data_dir, class_names[label])).replace(os.sep, "/")
             for path, label in zip(paths, labels)]
     group_keys = {}
@@ -246,9 +237,7 @@ def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
 
 
 def read_training_and_validation(train_dir, validation_dir, class_names, image_size, fraction, seed):
-    """Every image read once: (images, labels) to train on, (images, labels, names within their folder) to validate
-    on, from the two folders or train_dir split by fraction and seed, and the run folder's files, {name: text};
-    near-duplicates across the sides or the classes warned about."""
+    """(images, labels) to train on, (images, labels, names) to validate on, the run folder's files."""
     images, labels, paths = read_image_folder(train_dir, class_names, image_size, "training")
     hashes = perceptual_hashes(images)
     index_pairs = near_duplicates(hashes)
@@ -302,31 +291,29 @@ def first_lines(lines, limit=20):
 
 def list_images_to_predict(path):
     """The image at path, or every image under the folder path, in sorted path order."""
-    if os.path.isdir(path):
-        paths = sorted(os.path.join(path, name) for name in list_images(path))
-    elif os.path.isfile(path):
-        paths = [path]
-    else:
+    if not os.path.exists(path):
         raise DataError(f"--predict '{path}' does not exist: name an image or a folder of images")
+    paths = sorted(os.path.join(path, name) for name in list_images(path)) if os.path.isdir(path) else [path]
     if not paths:
         raise DataError(f"--predict '{path}' holds no images: give {', '.join(IMAGE_EXTENSIONS)} files")
     return paths
 
 
 def save_new_file(data, folder, names):
-    """Write data as a new file in folder under the first of names that is free (an exclusive create, never over a
-    file, on any drive); its path. A stop waits for it; one a full disk cut is removed."""
+    """Write data in folder as a new file, under the first free of names (an exclusive create); its path."""
+    # An exclusive create never replaces a file, on any drive (FAT has no hard links for an atomic rename).
     with runs.stops_held():
         for name in names:
-            path = os.path.join(folder, name)
+            path, created = os.path.join(folder, name), False
             try:
                 with open(path, "xb") as new_file:
+                    created = True
                     new_file.write(data)
                 return path
             except FileExistsError:
                 continue
             except OSError as error:
-                if os.path.isfile(path):
+                if created:
                     os.unlink(path)  # its own, half-written
                 raise DataError(f"cannot write in '{os.path.normpath(folder)}' ({runs.why_not_written(error)}): free "
                                 "some space, or choose another folder") from None

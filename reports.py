@@ -1,7 +1,5 @@
-"""What a run shows: its TensorBoard folder, the per-class report, the mistakes, and the training photos whose label
-looks wrong. Keras writes each epoch's scalars in <run>/train and <run>/validation; the scripts write the rest in <run>
-itself (a file that cannot be written is a DataError).
-"""
+"""What a run shows: its TensorBoard folder (Keras' scalars in <run>/train and <run>/validation, the rest in <run>), the
+per-class report, the mistakes, and the training photos whose label looks wrong."""
 
 import contextlib
 import itertools
@@ -32,8 +30,7 @@ def check_log_folder(log_dir):
 
 
 def new_run_folder(log_dir, name, files=None):
-    """A new folder <log_dir>/<name>-<date>-<time>, or -2, -3... if taken (os.mkdir makes one or fails, so that runs
-    started in the same second never share one), holding files ({name: text})."""
+    """A new folder <log_dir>/<name>-<date>-<time> (-2, -3... if taken: os.mkdir fails) holding files."""
     stamp = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         os.makedirs(log_dir, exist_ok=True)
@@ -50,8 +47,7 @@ def new_run_folder(log_dir, name, files=None):
 
 
 def start_run(log_dir, script, settings, class_names, train_images, train_labels, augmentation, seed, run_files):
-    """A new run folder holding run_files, the run's settings (HParams) and training images as the network gets
-    them."""
+    """A new run folder with run_files, the settings (HParams) and training images as the network gets them."""
     run_dir = new_run_folder(log_dir, script, run_files)
     log_hparams(run_dir, settings, class_names, train_labels, augmentation)
     # The first training images of each class in turn, resized and augmented.
@@ -72,33 +68,26 @@ class TensorBoard(keras.callbacks.TensorBoard):
     """Each epoch's scalars on disk as it ends: Keras' writers flush every two minutes, a kill would lose them."""
 
     def on_epoch_end(self, epoch, logs=None):
-        with written_events(self.log_dir):
+        with written(self.log_dir, self._writers.values()):
             super().on_epoch_end(epoch, logs)
-            for writer in self._writers.values():
-                writer.flush()
 
 
 _writers = {}  # one writer, so one events file, for each folder the scripts log in
 
 
 @contextlib.contextmanager
-def written(run_dir):
-    """Summaries written in the block go to run_dir's events file at once."""
+def written(run_dir, writers=()):
+    """Summaries written in the block are flushed to disk; an events file not written is a DataError."""
     if run_dir not in _writers:
         _writers[run_dir] = tf.summary.create_file_writer(run_dir)
-    with written_events(run_dir), _writers[run_dir].as_default():
-        yield
-        _writers[run_dir].flush()
-
-
-@contextlib.contextmanager
-def written_events(run_dir):
-    """An events file in run_dir that cannot be written (a full disk, a file-size limit) is a DataError."""
     try:
-        yield
+        with _writers[run_dir].as_default():
+            yield
+        for writer in [_writers[run_dir], *writers]:
+            writer.flush()
     except tf.errors.OpError:
-        raise DataError(f"cannot write TensorBoard's events in '{run_dir}': free some space, or choose "
-                        "another --log-dir") from None
+        raise DataError(f"cannot write TensorBoard's events in '{run_dir}': free some space, or choose another "
+                        "--log-dir") from None
 
 
 def log_hparams(run_dir, hparams, class_names, train_labels, augmentation=None):
@@ -163,8 +152,7 @@ def log_validation(run_dir, images, labels, probabilities, names, class_names, t
 
 
 class ValidationReport(keras.callbacks.Callback):
-    """The validation set's confusion matrix and mistakes every few epochs; describe() those of the model saved.
-    batches: what the model fit trains takes; names: the images' paths in their folder."""
+    """The validation set's confusion matrix and mistakes every few epochs; describe() those of the model saved."""
 
     def __init__(self, run_dir, batches, images, labels, names, class_names, every):
         super().__init__()
@@ -201,8 +189,7 @@ def mistakes_table(names, labels, predictions, confidences, class_names, limit=2
 
 
 def label_issues(paths, labels, probabilities, class_names):
-    """The images whose label looks wrong by out-of-fold probabilities (cleanlab's find_label_issues), most suspect
-    first, a line each: path, given class, its probability, the class the model believes."""
+    """Training images whose label looks wrong (cleanlab's find_label_issues), most suspect first, a line each."""
     from cleanlab.filter import find_label_issues  # slow to import, and only --check-labels needs it
     suspects = find_label_issues(np.asarray(labels), np.asarray(probabilities),
                                  return_indices_ranked_by="self_confidence", n_jobs=1)
@@ -224,8 +211,7 @@ def _shortened(text, font, width):
 
 
 def picture_grid(pictures, captions, columns, tile):
-    """Pictures side by side, columns to a row, each fitted in a tile x tile square above its caption (lines split by
-    "\n"). TensorBoard shows an image about 350 pixels wide unless asked: columns x tile at most keeps letters legible."""
+    """Pictures in tile x tile squares, columns to a row, above their captions (TensorBoard shows 350 px wide)."""
     font = ImageFont.load_default(size=14)
     caption_height = 17 * max(caption.count("\n") + 1 for caption in captions) + 6
     rows = math.ceil(len(pictures) / columns)

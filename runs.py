@@ -1,7 +1,5 @@
-"""A script's process: its start, its stops, its errors in one line, the lock that keeps two trainings off one model
-file, and files written whole. From start() on, a stop prints one line saying what is saved (on_stop()), then ends the
-process by the signal.
-"""
+"""A script's process: its start, its stops (one line saying what is saved, then the end by the signal), its errors in
+one line, the lock that keeps two trainings off one model file, and files written whole."""
 
 import contextlib
 import logging
@@ -13,8 +11,7 @@ import tempfile
 
 import filelock
 
-# Ctrl-C (SIGINT); `kill`, `timeout`, `docker stop` and job schedulers (SIGTERM); a closed terminal (SIGHUP, not on
-# Windows).
+# Ctrl-C; `kill`, `docker stop` and job schedulers (SIGTERM); a closed terminal (SIGHUP, which Windows lacks).
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 _script, _said_on_stop = os.path.basename(sys.argv[0]), "nothing saved"
@@ -44,8 +41,7 @@ def start(script):
     logging.getLogger("absl").addFilter(lambda record: "considered legacy" not in record.getMessage())
 
 
-# Lines TensorFlow prints as it starts, whatever TF_CPP_MIN_LOG_LEVEL says, that say nothing to act on ("failed call to
-# cuInit" without a GPU reads like a failure): absl's banner, information lines.
+# Lines TensorFlow prints as it starts, whatever TF_CPP_MIN_LOG_LEVEL says, with nothing to act on (cuInit reads ill).
 _START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} |To enable the following")
 
 
@@ -115,8 +111,7 @@ def end_by_signal(signal_number):
 
 @contextlib.contextmanager
 def stops_held():
-    """A stop during the block is acted on after it: a new image is written under its own name, never replacing a
-    file (no drive has an atomic rename that never overwrites: no hard links on FAT)."""
+    """A stop during the block is acted on after it: for a new image, written under its own name, never another's."""
     global _held_stops
     _held_stops = []
     try:
@@ -172,8 +167,7 @@ def hidden_name(path):
 
 
 def write_whole(saves):
-    """Write each of saves, {path: save(path)}, under a hidden name, flushed to disk (a power cut), then rename all
-    into place; one not written (a full disk) is a DataError naming it, nothing replaced."""
+    """Write each of saves, {path: save(path)}, under a hidden name, fsync'd, then rename all into place."""
     try:
         for path, save in saves.items():
             try:
@@ -195,16 +189,14 @@ def check_output_file(path, suffix):
     """Fail now, not after an hour of training, when a model cannot be saved as path."""
     folder = os.path.dirname(os.path.abspath(path))
     if not path.endswith(suffix) or path.endswith(".weights.h5"):
-        raise DataError(f"cannot save a model as '{path}': --model-file must end in {suffix}"
-                        + (" (and not .weights.h5, the name of the weights saved beside it)" if suffix == ".h5" else ""))
+        raise DataError(f"cannot save a model as '{path}': --model-file must end in {suffix}" + (
+            " (and not .weights.h5, the name of the weights saved beside it)" if suffix == ".h5" else ""))
     if not os.path.isdir(folder):
         raise DataError(f"cannot write '{path}': folder '{folder}' does not exist; create it or choose another "
                         "--model-file")
     if os.path.isdir(path):
         raise DataError(f"cannot write '{path}': it is a folder; choose another --model-file")
     try:  # a file made and removed tells on every system and drive, where os.access does not (Windows)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
-        os.close(handle)
-        os.unlink(probe)
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
         raise DataError(f"cannot write '{path}' ({why_not_written(error)}): choose another --model-file") from None

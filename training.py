@@ -1,7 +1,5 @@
-"""The networks' side: settings checked, photos in batches augmented in memory, the run's state on disk after every epoch,
-the model files (<name>.h5, the epoch kept, <name>.last.h5, the last, each with its weights and optimizer state beside
-it), and photos classified by a saved model.
-"""
+"""The networks' side: settings checked, photos in batches augmented in memory, the run's state on disk after every
+epoch, the model files (<name>.h5, the epoch kept, <name>.last.h5, the last), and photos classified by a model."""
 
 import json
 import math
@@ -57,8 +55,8 @@ def label_check_folds(train_dir, image_size, seed, folds):
     folds = min(folds, np.bincount(labels).min())
     if folds < 2:
         raise DataError(f"'{train_dir}' has a class of 1 readable image: --check-labels needs at least 2 per class")
-    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(images, labels)
-    return images, labels, paths, class_names, list(splits)
+    return images, labels, paths, class_names, list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(
+        images, labels))
 
 
 # Batches: the images stay in memory as uint8; augmentation runs on them inside tf.data.
@@ -75,8 +73,7 @@ def validation_batches(images, labels, num_classes, batch_size):
 
 
 def training_batches(images, labels, num_classes, batch_size, seed, augmentation=None):
-    """Shuffled batches, each image once an epoch, augmented a chunk at a time in TensorFlow: twice as fast as
-    flow()."""
+    """Shuffled batches, each image once an epoch, augmented a chunk at a time: twice as fast as flow()."""
     # Only indices are shuffled: a shuffle buffer would hold a second copy of the images.
     images, labels = tf.constant(images), tf.one_hot(labels, num_classes)
     chunks = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed).batch(AUGMENTATION_CHUNK).map(
@@ -95,8 +92,7 @@ def training_batches(images, labels, num_classes, batch_size, seed, augmentation
 
 
 def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
-    """ImageDataGenerator's affine matrix for square images, one per image (degrees and pixels, a value per image):
-    rotation, then shift, shear and zoom about the centre, as keras.ops.image.affine_transform takes it."""
+    """ImageDataGenerator's affine matrices (rotation, shift, shear, zoom about the centre), one per image."""
     theta, shear, centre = theta * (math.pi / 180), shear * (math.pi / 180), size / 2 - 0.5
     cos, sin = tf.cos(theta), tf.sin(theta)
     a00, a01 = cos * zoom_x, -tf.sin(theta + shear) * zoom_y
@@ -108,8 +104,8 @@ def affine_transforms(size, theta, shift_x, shift_y, shear, zoom_x, zoom_y):
 
 
 def augment(images, generator, seed):
-    """ImageDataGenerator.random_transform of a batch of square images at once: the same ranges, matrix, fill mode and
-    bilinear filter; brightness_range multiplies the pixels, without its contrast stretch. Float32 pixels, 0 to 255."""
+    """ImageDataGenerator.random_transform of a batch of square images at once: its ranges, matrix and fill mode,
+    bilinear; brightness_range multiplies (no contrast stretch). Float32, 0-255."""
     count, size = tf.shape(images)[0], images.shape[1]
     seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=8)))
 
@@ -117,13 +113,11 @@ def augment(images, generator, seed):
         return tf.random.stateless_uniform([count], next(seeds), minval=low, maxval=high)
 
     # The draws of ImageDataGenerator.get_random_transform; its "height" shift moves along x.
-    transforms = affine_transforms(
-        size,
-        theta=uniform(-generator.rotation_range, generator.rotation_range),
-        shift_x=uniform(-generator.height_shift_range, generator.height_shift_range) * size,
-        shift_y=uniform(-generator.width_shift_range, generator.width_shift_range) * size,
-        shear=uniform(-generator.shear_range, generator.shear_range),
-        zoom_x=uniform(*generator.zoom_range), zoom_y=uniform(*generator.zoom_range))
+    transforms = affine_transforms(size, theta=uniform(-generator.rotation_range, generator.rotation_range),
+                                   shift_x=uniform(-generator.height_shift_range, generator.height_shift_range) * size,
+                                   shift_y=uniform(-generator.width_shift_range, generator.width_shift_range) * size,
+                                   shear=uniform(-generator.shear_range, generator.shear_range),
+                                   zoom_x=uniform(*generator.zoom_range), zoom_y=uniform(*generator.zoom_range))
     transformed = keras.ops.image.affine_transform(
         tf.cast(images, tf.float32), transforms, interpolation="bilinear",
         fill_mode=generator.fill_mode, fill_value=generator.cval)
@@ -140,8 +134,7 @@ def augment(images, generator, seed):
 # The run's state after every epoch: the last epoch and the one kept.
 
 def better(logs, kept_metrics):
-    """Whether an epoch of these logs beats the one kept: a higher val_accuracy, the lower val_loss on a tie. An epoch
-    whose val_loss is not a number diverged: never kept, and beaten by any other."""
+    """Whether an epoch beats the one kept: a higher val_accuracy, the lower val_loss on a tie; a NaN never."""
     kept = kept_metrics or {}
     return math.isfinite(logs["val_loss"]) and (not math.isfinite(kept.get("val_loss", math.nan)) or (
         logs["val_accuracy"], -logs["val_loss"]) > (kept["val_accuracy"], -kept["val_loss"]))
@@ -155,21 +148,18 @@ def differences(then, now, names=None):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """A run's state after each complete epoch, in <name>.checkpoint.weights.h5: the weights and optimizer of the
-    model fit trains, the epoch kept (of highest val_accuracy, docs/generalisation.md) with its weights
-    (weights_of's if fit trains a part), the last epoch's metrics, the TensorBoard run and the settings. The same
-    command goes on from it."""
-    # Keras' BackupAndRestore writes the weights and the epoch as two files, each in place: a kill between or during
-    # them resumes the wrong epoch, or fails; one file renamed into place cannot. ModelCheckpoint(save_best_only=True)
-    # compares one metric, and writes its file in place too.
+    """A run's state after each complete epoch, in <name>.checkpoint.weights.h5, which the same command goes on
+    from."""
+    # Keras' BackupAndRestore writes the weights and the epoch in two files, in place: a kill between or during them
+    # resumes the wrong epoch, or fails. ModelCheckpoint(save_best_only=True) compares one metric, in place too.
 
     def __init__(self, model_file, settings, initial_epoch, restart, weights_of=None):
         super().__init__()
         self.path = f"{os.path.splitext(model_file)[0]}.checkpoint.weights.h5"
-        self.settings = json.loads(json.dumps(settings))  # as it is read back: lists, not tuples
+        self.settings = settings
         self.epoch, self.last_metrics, self.weights_of = initial_epoch, {}, weights_of
-        self.kept_epoch = self.kept_metrics = self.kept_weights = None
-        self.recorded = self.moved_aside = None  # the unfinished run's state
+        self.kept_epoch = self.kept_metrics = self.kept_weights = self.moved_aside = None
+        self.recorded = None  # the unfinished run's state, as saved
         if os.path.exists(self.path) and restart:
             self.moved_aside = self.path.replace(".checkpoint.", time.strftime(".checkpoint-%Y%m%d-%H%M%S."))
             os.replace(self.path, self.moved_aside)
@@ -242,16 +232,12 @@ class Checkpoint(keras.callbacks.Callback):
         return (last if self.kept_weights is None else (self.kept_epoch, self.kept_metrics, self.kept_weights)), last
 
     def remove(self):
-        for path in (self.path, runs.hidden_name(self.path)):
-            if os.path.exists(path):
-                os.unlink(path)
+        for path in filter(os.path.exists, (self.path, runs.hidden_name(self.path))):
+            os.unlink(path)
 
-
-# Model files.
 
 def save_model_files(model, model_file, class_names, kept, last, settings):
-    """The epoch kept as model_file and the last as <name>.last.h5, each with its weights beside it, written whole,
-    with the run's settings; kept and last: (epoch, metrics, weights). Their paths."""
+    """The epoch kept as model_file, the last as <name>.last.h5, weights beside each, written whole."""
     def saver(path, epoch, metrics, weights):
         def save(written_as):
             model.set_weights(weights)
@@ -283,13 +269,8 @@ def load_model(model_file):
                         "saved by these scripts; name another with --model-file") from None
 
 
-# What a run going on from a finished one (--initial-epoch) must keep: its network and data (the split's seed too).
-KEPT_ON_RESUMING = ("script", "classes", "image_size", "validation_split")
-
-
 def load_run(model_file, initial_epoch, settings, compile_model, checkpoint):
-    """Go on from a finished run (--initial-epoch): its last epoch, compiled by compile_model (which returns the part
-    fit trains), with its optimizer's state; checkpoint gets the epoch kept."""
+    """The last epoch of a finished run (--initial-epoch), compiled by compile_model, with its optimizer's state."""
     last_file = f"{os.path.splitext(model_file)[0]}.last.h5"
     if not os.path.isfile(last_file):
         raise DataError(f"cannot resume: model file '{last_file}' does not exist; train from the start "
@@ -299,7 +280,9 @@ def load_run(model_file, initial_epoch, settings, compile_model, checkpoint):
     if recorded != initial_epoch:
         raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{last_file}' holds the model "
                         f"after epoch {recorded}; use --initial-epoch {recorded}")
-    differing = differences(then, settings, KEPT_ON_RESUMING + ("seed",) * bool(settings["validation_split"]))
+    # Other hyperparameters may go on; not another script's network, other classes or images, another split.
+    kept = ("script", "classes", "image_size", "validation_split") + ("seed",) * bool(settings["validation_split"])
+    differing = differences(then, settings, kept)
     if differing:
         raise DataError(f"cannot resume '{last_file}': it was trained with other settings ({differing}); resume it "
                         "with its own, or name another with --model-file")
@@ -330,5 +313,5 @@ def predict(model_file, path):
     if not readable.any():
         raise DataError("none of the images to predict can be read: see the warnings above")
     probabilities = model.predict(network_input(images), batch_size=32, verbose=0)
-    return ([path for path, ok in zip(paths, readable) if ok], [class_names[index] for index in probabilities.argmax(1)],
-            probabilities.max(axis=1))
+    predicted = [class_names[index] for index in probabilities.argmax(axis=1)]
+    return [path for path, ok in zip(paths, readable) if ok], predicted, probabilities.max(axis=1)

@@ -219,8 +219,8 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
     stopped = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
     monkeypatch.undo()
     checkpoint = tmp_path / "model.checkpoint.weights.h5"
-    assert_stopped_in_one_line(stopped, signal.SIGINT, f"FirstModel.py: interrupted (Ctrl-C); the run is saved "
-                                                       f"after epoch 1 in {checkpoint}: the same command goes on at epoch 2")
+    assert_stopped_in_one_line(stopped, signal.SIGINT, f"FirstModel.py: interrupted (Ctrl-C); the run is saved after "
+                                                       f"epoch 1 in {checkpoint}: the same command goes on at epoch 2")
     saved = checkpoint.read_bytes()
 
     refused = run_in_process("FirstModel.py", *arguments[:-5], 4, *arguments[-4:], cwd=tmp_path)

@@ -115,10 +115,10 @@ def test_check_labels_refuses_what_a_run_refuses(script, arguments, expected, sm
 def test_a_model_folder_that_cannot_be_written_fails_before_training(script, suffix, small_dataset, tmp_path,
                                                                     monkeypatch):
     """A read-only drive, a folder of someone else's, a share without rights: the run stops at once."""
-    def refused(dir, prefix):
-        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix))
+    def refused(dir):
+        raise PermissionError(13, "Permission denied", dir)
 
-    monkeypatch.setattr(runs.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(runs.tempfile, "TemporaryFile", refused)
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / f"model{suffix}"
     result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,

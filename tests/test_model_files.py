@@ -46,7 +46,8 @@ def test_files_are_replaced_only_once_all_are_written(tmp_path):
     # The third file fails (a full disk): none is replaced, not even the first two, nothing is
     # left behind, and the error names the file in one line.
     with pytest.raises(runs.DataError) as failed:
-        runs.write_whole({str(tmp_path / name): writer(f"new {name}", fail=index == 2) for index, name in enumerate(SET)})
+        runs.write_whole({str(tmp_path / name): writer(f"new {name}", fail=index == 2)
+                          for index, name in enumerate(SET)})
     assert str(failed.value).startswith(f"cannot write '{tmp_path / 'model.last.h5'}' "
                                         "(No space left on device): nothing was replaced")
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(SET)

@@ -20,8 +20,8 @@ POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="file modes are a POSIX 
 # through getattr or hasattr, with what to do without it; os.path is everywhere. Not os.link:
 # FAT and exFAT drives (USB sticks) have no hard links.
 EVERYWHERE = {
-    "os": {"O_WRONLY", "W_OK", "_exit", "access", "close", "cpu_count", "devnull", "dup", "dup2", "environ",
-           "fsdecode", "fsencode", "fsync", "getcwd", "getpid", "isatty", "listdir", "makedirs", "mkdir", "name", "open",
+    "os": {"O_WRONLY", "W_OK", "_exit", "access", "close", "cpu_count", "devnull", "dup", "dup2", "environ", "fsync",
+           "fsdecode", "fsencode", "getcwd", "getpid", "isatty", "listdir", "makedirs", "mkdir", "name", "open",
            "path", "read", "remove", "rename", "replace", "rmdir", "scandir", "sep", "stat", "strerror",
            "unlink", "walk", "write"},
     "signal": {"SIGINT", "SIGTERM", "SIG_DFL", "SIG_IGN", "Signals", "default_int_handler", "getsignal",

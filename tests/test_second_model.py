@@ -4,8 +4,8 @@ import re
 
 import keras
 
-from helpers import (optimizer_iterations, save_model, FINAL_LINE, assert_one_line_error, logged_scalars, reload_and_predict, run_in_process,
-                     run_script, stderr_lines)
+from helpers import (FINAL_LINE, assert_one_line_error, logged_scalars, optimizer_iterations, reload_and_predict,
+                     run_in_process, run_script, save_model, stderr_lines)
 
 
 def train_second_model(dataset, tmp_path, *extra_args, run=run_in_process):
@@ -78,9 +78,9 @@ def test_going_on_with_another_script_classes_or_image_size_is_a_clear_error(sma
     save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4, settings={
         "script": "FirstModel", "classes": "apple, berry", "image_size": 32, "validation_split": 0.0})
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6, "--image-size", 40)
-    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it was trained with other settings "
-                                  "(image_size 32 then, 40 now; script 'FirstModel' then, 'SecondModel' now); resume it "
-                                  "with its own, or name another with --model-file")
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it was trained with other "
+                                  "settings (image_size 32 then, 40 now; script 'FirstModel' then, 'SecondModel' now); "
+                                  "resume it with its own, or name another with --model-file")
     for folder in small_dataset:
         (folder / "berry").rename(folder / "cherry")
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6)

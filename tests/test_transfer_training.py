@@ -8,7 +8,8 @@ import keras
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import FINAL_LINE, MOBILENET_WEIGHTS, logged_scalars, optimizer_iterations, run_transfer, saved_epoch, stderr_lines
+from helpers import (FINAL_LINE, MOBILENET_WEIGHTS, logged_scalars, optimizer_iterations, run_transfer, saved_epoch,
+                     stderr_lines)
 
 
 def test_stage_two_trains_the_last_block(keras_home, colours, tmp_path):
