@@ -198,16 +198,6 @@ def reload_and_predict(model_file, image_size, batch):
 MOBILENET_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
-def run_transfer(colours, tmp_path, *extra_args, constants=None):
-    """TransferModel in this process on colours (the fixture) at 32x32, 3 epochs of stage 1 (at a learning rate
-    for the stand-in's small features), then stage 2."""
-    train_dir, validation_dir = colours
-    return run_in_process(
-        "TransferModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 32,
-        "--batch-size", 8, "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "transfer.h5", *extra_args,
-        cwd=tmp_path, constants={"FEATURE_EPOCHS": 3, "FEATURE_LEARNING_RATE": 0.1, **(constants or {})})
-
-
 def optimizer_iterations(model_file):
     """The steps the optimizer saved in a model file has taken."""
     with h5py.File(model_file, "r") as saved:

@@ -1,7 +1,8 @@
 """Every complete epoch on disk: runs killed at random moments (kill -9, as the OOM killer or a power
 cut ends them) go on when the same command runs again, from the last complete epoch or the one
 before if the kill struck its save; a second run on the same model file is refused; a checkpoint
-made with other settings is never resumed; and a finished run leaves nothing temporary."""
+made with other settings is never resumed; and a finished run leaves nothing temporary. TransferModel's
+run also shows what its stage 2 trains."""
 
 import concurrent.futures
 import json
@@ -13,12 +14,14 @@ import threading
 
 import h5py
 import keras
+import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import reports
 import runs
-from helpers import (MOBILENET_WEIGHTS, assert_one_line_error, assert_stopped_in_one_line, logged_scalars,
-                     make_images, run_in_process, saved_epoch, start_script, stderr_lines)
+from helpers import (MOBILENET_WEIGHTS, assert_one_line_error, assert_stopped_in_one_line, logged_scalars, make_images,
+                     optimizer_iterations, run_in_process, saved_epoch, start_script, stderr_lines)
 
 EPOCH_LINE = re.compile(r"\d+/\d+ - .* val_loss: ")  # Keras prints it once the epoch is saved
 MODEL_FILES = sorted(["model.h5", "model.weights.h5", "model.last.h5", "model.last.weights.h5"])
@@ -128,9 +131,22 @@ def test_runs_killed_at_random_moments_go_on_with_the_same_command(colours, kera
     assert resumed.returncode == 0 and stderr_lines(resumed) == [], resumed.stderr
     assert went_on_from(output, delay, resumed.stdout) in (31, 32) and "features of" not in resumed.stdout
     check_finished(folder, 33, folder / "logs")
-    with h5py.File(folder / "model.last.h5", "r") as saved:  # stage 2's optimizer went on: 3 epochs of 5 steps
-        [optimizer] = saved["optimizer_weights"].values()
-        assert int(optimizer["iteration"][()]) == 3 * 5
+    assert optimizer_iterations(folder / "model.last.h5") == 3 * 5  # stage 2's went on: 3 epochs of 5 steps
+    assert float(re.search(r"val_accuracy: (\d\.\d+)$", resumed.stdout).group(1)) > 0.5
+
+    # Stage 2 trained the last block's convolutions; nothing else, not even its batch normalisation's statistics.
+    started = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=str(weights))
+    trained = keras.models.load_model(folder / "model.last.h5").get_layer("base")
+    changed = {layer.name for layer, before in zip(trained.layers, started.layers)
+               if any(not np.array_equal(now, then) for now, then in zip(layer.get_weights(), before.get_weights()))}
+    assert changed == {"block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"}
+    # Its TensorBoard run, across the three processes: its settings and pictures.
+    [run] = (folder / "logs").iterdir()
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"_hparams_/session_start_info", "augmented_training_images", "confusion_matrix",
+            "misclassified_validation_images", "classification_report"} <= set(events.Tags()["tensors"])
+    assert b"block_16_expand" in events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
 
 
 def checkpoint_epoch(path):

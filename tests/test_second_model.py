@@ -5,21 +5,21 @@ import re
 import keras
 
 from helpers import (FINAL_LINE, assert_one_line_error, logged_scalars, optimizer_iterations, reload_and_predict,
-                     run_in_process, run_script, save_model, stderr_lines)
+                     run_in_process, save_model, stderr_lines)
 
 
-def train_second_model(dataset, tmp_path, *extra_args, run=run_in_process):
+def train_second_model(dataset, tmp_path, *extra_args):
     train_dir, validation_dir = dataset
-    return run(
+    return run_in_process(
         "SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
         "--batch-size", 4, "--image-size", 32, "--log-dir", tmp_path / "logs",
         "--model-file", tmp_path / "second.h5", *extra_args, cwd=tmp_path)
 
 
 def test_class_weights_training_and_resume(small_dataset, tmp_path):
-    first = train_second_model(small_dataset, tmp_path, "--epochs", 1, run=run_script)
+    first = train_second_model(small_dataset, tmp_path, "--epochs", 1)
     assert first.returncode == 0, first.stderr
-    assert stderr_lines(first) == []  # not even TensorFlow's start-up lines
+    assert stderr_lines(first) == []
     # 8 apples and 4 berries: weight = largest class count / class count.
     assert "Class weights: apple 1.000, berry 2.000" in first.stdout
     assert FINAL_LINE.match(first.stdout.strip().splitlines()[-1])

@@ -210,17 +210,6 @@ def check_balanced_output(arguments, tmp_path):
     assert all(path.read_bytes() == data for path, data in counted.items())
 
 
-def test_a_balancer_killed_half_way_leaves_only_whole_images_and_a_rerun_ends_on_the_targets(
-        balancer_arguments, tmp_path):
-    process = start_script("ClassImageAugmentationSample.py", *balancer_arguments, cwd=tmp_path)
-    # `kill` (SIGTERM) as the second class is being topped up, the first done.
-    result = stop_at_line(process, f"{tmp_path / 'generated' / 'train' / 'berry'}: 2 images, generating",
-                          signal.SIGTERM)
-    assert_stopped_in_one_line(result, signal.SIGTERM, "interrupted (SIGTERM); the images written so far are "
-                                                       "complete, and a new run tops up from there")
-    check_balanced_output(balancer_arguments, tmp_path)
-
-
 def test_ctrl_c_half_way_through_writing_an_image_leaves_it_whole(balancer_arguments, tmp_path, monkeypatch):
     stop_while_writing_the_nth_image(monkeypatch, 70, signal.SIGINT)
     result = run_in_process("ClassImageAugmentationSample.py", *balancer_arguments, cwd=tmp_path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_one_line_error, logged_scalars, make_images, run_in_process, run_script, stderr_lines
+from helpers import assert_one_line_error, logged_scalars, make_images, run_in_process, stderr_lines
 
 FINAL_LINE = re.compile(r"^accuracy: (\d+\.\d+) - val_accuracy: (\d+\.\d+) - time: \d+\.\d s$")
 
@@ -32,8 +32,8 @@ def test_trains_reports_logs_and_saves(tmp_path):
     train_dir = make_striped_images(tmp_path / "train", 6, seed=1)
     validation_dir = make_striped_images(tmp_path / "validation", 4, seed=2)
     model_file = tmp_path / "svm.joblib"
-    result = run_script("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
+                            "--log-dir", tmp_path / "logs", "--model-file", model_file, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert stderr_lines(result) == []
 

@@ -1,6 +1,6 @@
 """TransferModel.py offline: where its weights come from, what it refuses, a model trained in one
 process resumed and used by --predict in another, --check-labels and each backbone's
-preprocessing. Its stages, and a stop in stage 2, are in test_transfer_training.py.
+preprocessing. Its stages, stopped and going on, and what stage 2 trains, are in test_checkpoints.py.
 
 Keras' ImageNet weights are stood in for by a file of their shapes (the keras_home fixture),
 loaded through the code a user's download takes: Keras' cache under a KERAS_HOME of its own

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from helpers import assert_one_line_error, make_images, run_in_process, run_script, stderr_lines
+from helpers import assert_one_line_error, make_images, run_in_process, stderr_lines
 
 
 def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
@@ -11,7 +11,7 @@ def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
         tmp_path / "data" / "train" / "refImage.png")
 
     # With no flags, as in 2018: data/train/refImage.png into data/generated.
-    result = run_script("UnitaryImageAugmentationSample.py", cwd=tmp_path)
+    result = run_in_process("UnitaryImageAugmentationSample.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     copies = sorted((tmp_path / "data" / "generated").iterdir())
     assert [path.name for path in copies] == [f"MY_CLASS_{n:04d}.jpg" for n in range(1, 22)]
