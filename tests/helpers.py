@@ -57,24 +57,6 @@ def start_script(script, *args, cwd):
                             preexec_fn=None if os.name == "nt" else stops_by_default)
 
 
-def stop_at_line(process, prefix, signal_number):
-    """Send signal_number to a started script when it prints a line starting with prefix (as a
-    user presses Ctrl-C on seeing it), then wait for its end: its CompletedProcess."""
-    watchdog = threading.Timer(600, process.kill)  # never wait for ever on a script that hangs
-    watchdog.start()
-    try:
-        stdout = []
-        for line in process.stdout:
-            stdout.append(line)
-            if line.startswith(prefix):
-                process.send_signal(signal_number)
-                break
-        rest, stderr = process.communicate(timeout=600)
-    finally:
-        watchdog.cancel()
-    return subprocess.CompletedProcess(process.args, process.returncode, "".join(stdout) + rest, stderr)
-
-
 # The stop signals this system has, by name: SIGINT (Ctrl-C), SIGTERM, and SIGHUP but on Windows.
 STOPS = {signal.Signals(number).name: number for number in runs.STOP_SIGNALS}
 

@@ -17,7 +17,7 @@ import FirstModel
 import photos
 import reports
 from helpers import (REPO, STOPS, assert_stopped_in_one_line, make_images, run_in_process, save_model,
-                     start_script, stop_at_line, stops_by_default)
+                     start_script, stops_by_default)
 
 POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="shells, process groups and terminals are a POSIX matter")
 SCRIPTS = ["FirstModel.py", "SecondModel.py", "SVMModel.py", "ClassImageAugmentationSample.py",
