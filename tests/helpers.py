@@ -14,7 +14,6 @@ import runpy
 import signal
 import subprocess
 import sys
-import threading
 import unittest.mock
 from pathlib import Path
 
