@@ -104,7 +104,7 @@ def top_up(source_dir, class_names, output_dir, target, augmentation):
                 runs.warn(f"{error}; skipped")
         if not originals:
             raise runs.DataError(f"class folder '{class_source}' has no readable images: "
-                                          "replace the files warned about above")
+                                 "replace the files warned about above")
         # Each original is copied once, sub-folders and all (2019/a.jpg stays 2019/a.jpg);
         # under another name if its own holds another image (a Random_0001.jpg from before).
         for name in originals:
@@ -170,7 +170,7 @@ def main():
         run_dir = reports.new_run_folder(args.log_dir, "ClassImageAugmentationSample")
         for role, grid in grids.items():
             reports.log_picture(run_dir, f"before_and_after_augmentation/{role}", grid, step=0,
-                                    description="Each original, then an augmented copy of it.")
+                                description="Each original, then an augmented copy of it.")
         print(f"TensorBoard run: {run_dir}")
 
 

@@ -87,7 +87,7 @@ def parse_args():
                              "did not see it (cross-validation, seconds); nothing is moved or changed")
     args = parser.parse_args()
     args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split, args.seed,
-                                                         VALIDATION_DIR)
+                                                        VALIDATION_DIR)
     return args
 
 
@@ -153,14 +153,14 @@ def predict(model_file, path):
     paths = photos.list_images_to_predict(path)
     if not os.path.isfile(model_file):
         raise runs.DataError(f"no model '{model_file}': train one first with "
-                                    "python SVMModel.py, or name one with --model-file")
+                             "python SVMModel.py, or name one with --model-file")
     try:
         saved = joblib.load(model_file)
         model, probabilities = saved["pipeline"], saved["probabilities"]
         class_names, settings = saved["class_names"], saved["features"]
     except Exception as error:  # joblib raises many kinds on a file it did not write
         raise runs.DataError(f"'{model_file}' is not an SVMModel saved by SVMModel.py "
-                                    f"({type(error).__name__}): name another with --model-file") from None
+                             f"({type(error).__name__}): name another with --model-file") from None
     images, readable = photos.read_images(paths, settings["image_size"])
     if not readable.any():
         raise runs.DataError("none of the images to predict can be read: see the warnings above")
@@ -198,12 +198,12 @@ def check_labels(args):
     """--check-labels: the training images whose label looks wrong, a line each, the most suspect first."""
     class_names, _ = photos.check_image_folder(args.train_dir, "training")
     images, labels, paths = photos.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
-                                                          "training")
+                                                     "training")
     kinds = features(images, FEATURES)
     folds = cross_validation_folds(labels, class_names, args.train_dir, args.seed)
     if np.bincount(labels).min() < 3:
         raise runs.DataError(f"'{args.train_dir}' has a class of 2 readable images: "
-                                    "--check-labels needs at least 3 per class")
+                             "--check-labels needs at least 3 per class")
     search = fit_svm(kinds, labels, folds)
     # Each image's class probabilities from the chosen SVM trained on the other folds, its scores
     # calibrated (Platt scaling) within those folds.
@@ -234,7 +234,7 @@ def main():
     started = time.perf_counter()
     (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
         photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names,
-                                                 FEATURES["image_size"], args.validation_split, args.seed))
+                                            FEATURES["image_size"], args.validation_split, args.seed))
     print(f"Read {len(train_images) + len(validation_images)} images in "
           f"{time.perf_counter() - started:.1f} s")
     train_kinds = features(train_images, FEATURES)
@@ -277,10 +277,10 @@ def main():
         with reports.written(os.path.join(run_dir, folder)):
             tf.summary.scalar("epoch_accuracy", accuracy, step=0)
     _, confidences = reports.log_validation(run_dir, validation_images, validation_labels,
-                                                validation_probabilities, validation_names, class_names,
-                                                "validation set, SVM", 0, predictions)
+                                            validation_probabilities, validation_names, class_names,
+                                            "validation set, SVM", 0, predictions)
     mistakes = reports.mistakes_table(validation_names, validation_labels, predictions, confidences,
-                                          class_names)
+                                      class_names)
     reports.log_text(run_dir, "classification_report", report, step=0)
     reports.log_text(run_dir, "misclassified_validation_list", f"```\n{mistakes}\n```", step=0)
     print(f"Misclassified validation images, most confident first:\n{mistakes}")

@@ -95,7 +95,7 @@ def parse_args():
                              f"nothing is moved or changed")
     args = parser.parse_args()
     args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split, args.seed,
-                                                         VALIDATION_DIR)
+                                                        VALIDATION_DIR)
     return args
 
 

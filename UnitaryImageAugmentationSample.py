@@ -84,7 +84,7 @@ def main():
     run_dir = reports.new_run_folder(args.log_dir, "UnitaryImageAugmentationSample")
     grid = reports.picture_grid(pictures, captions, columns=3, tile=115)
     reports.log_picture(run_dir, "before_and_after_augmentation",
-                            grid, step=0, description=f"{args.image}, then its augmented copies.")
+                        grid, step=0, description=f"{args.image}, then its augmented copies.")
     print(f"TensorBoard run: {run_dir}")
 
 

@@ -75,9 +75,8 @@ def check_image_folders(train_dir, validation_dir, fraction=None):
     """(class names, training counts, validation counts) of two folders fit to train on; with fraction, of one."""
     if fraction:
         return (*check_image_folder(train_dir, "training"), None)
-    classes, validation_classes = (class_folder_names(folder, role) for folder, role in
-                                   ((train_dir, "training"), (validation_dir, "validation")))
-    if classes != validation_classes:
+    classes = class_folder_names(train_dir, "training")
+    if classes != (validation_classes := class_folder_names(validation_dir, "validation")):
         raise DataError(f"training classes {classes} in '{train_dir}' differ from validation classes "
                         f"{validation_classes} in '{validation_dir}': both folders need the same class sub-folders")
     return classes, check_image_folder(train_dir, "training")[1], check_image_folder(validation_dir, "validation")[1]
@@ -170,8 +169,7 @@ NEAR_DUPLICATE_BITS = 32  # of pHash's 256: measured in docs/near-duplicates.md
 
 
 def check_validation_split(validation_dir, fraction, seed, default_dir):
-    """The validation folder to read: validation_dir or default_dir; None with --validation-split. NumPy and TensorFlow
-    take seeds from 0 to 2**32 - 1; the model scripts add the epoch."""
+    """The validation folder (None with --validation-split); seeds as NumPy takes them, the scripts adding epochs."""
     if not 0 <= seed < 2 ** 32 - 100_000:
         raise DataError(f"--seed {seed} must be a whole number from 0 to {2 ** 32 - 100_001}")
     if fraction is None:
@@ -221,9 +219,8 @@ def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
     # The path within its class folder: a photo moved to another class keeps its side.
     keys = [os.path.relpath(path, os.path.join(data_dir, class_names[label])).replace(os.sep, "/")
             for path, label in zip(paths, labels)]
-    group_keys = {}
-    for index in sorted(range(len(keys)), key=keys.__getitem__):
-        group_keys.setdefault(groups[index], keys[index])
+    # Each group's first key: keys in reverse order, the first overwriting the others.
+    group_keys = {groups[index]: keys[index] for index in sorted(range(len(keys)), key=keys.__getitem__, reverse=True)}
     scores = {group: int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode("utf-8", "surrogateescape"))
                                     .digest()[:8], "big") / 2 ** 64 for group, key in group_keys.items()}
     validation = np.array([scores[group] < fraction for group in groups], dtype=bool)

@@ -136,8 +136,7 @@ def why_not_written(error):
     return os.strerror(error.errno) if getattr(error, "errno", None) else str(error).splitlines()[0]
 
 
-# Files: written under a hidden name beside them, then renamed into place, never half a file under its name. The hidden
-# name is fixed, so that a killed run leaves nothing the next write does not replace; the lock keeps other runs off it.
+# Files are written under a fixed hidden name, then renamed into place: a killed run leaves what the next write takes.
 
 @contextlib.contextmanager
 def lock(model_file):
@@ -160,10 +159,8 @@ def lock(model_file):
 
 
 def hidden_name(path):
-    """.<stem>.partial<suffix> beside path (Keras checks the suffix)."""
-    folder, name = os.path.split(path)
-    suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
-    return os.path.join(folder, f".{name[:len(name) - len(suffix)]}.partial{suffix}")
+    """.partial.<name> beside path: hidden, and ending as Keras requires (.h5, .weights.h5)."""
+    return os.path.join(os.path.dirname(path), f".partial.{os.path.basename(path)}")
 
 
 def write_whole(saves):

@@ -177,8 +177,8 @@ def test_models_train_past_broken_files_in_messy_folders(script, tmp_path):
     image_in_mode("I;16").save(train_dir / "chat" / "16-bit scan.png")
 
     result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--epochs", 1, "--image-size", 32, "--log-dir", tmp_path / "logs",
-                        "--model-file", tmp_path / "model.h5", cwd=tmp_path)
+                            "--epochs", 1, "--image-size", 32, "--log-dir", tmp_path / "logs",
+                            "--model-file", tmp_path / "model.h5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     warnings = [line for line in stderr_lines(result) if line.startswith("warning: ")]

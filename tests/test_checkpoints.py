@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import reports
 import runs
+import training
 from helpers import (MOBILENET_WEIGHTS, assert_one_line_error, assert_stopped_in_one_line, logged_scalars, make_images,
                      optimizer_iterations, run_in_process, saved_epoch, start_script, stderr_lines)
 
@@ -88,8 +89,8 @@ def test_runs_killed_at_random_moments_go_on_with_the_same_command(colours, kera
     weights = keras_home / "models" / MOBILENET_WEIGHTS
     commands = {script: [f"{script}.py", "--train-dir", "train", "--validation-dir", "validation", "--image-size", 32,
                          "--log-dir", "logs", "--model-file", "model.h5"] for script in ("FirstModel", "SecondModel")}
-    commands["FirstModel"] += ["--batch-size", 1, "--epochs", 6]
-    commands["SecondModel"] += ["--batch-size", 2, "--epochs", 8]
+    commands["FirstModel"] += ["--batch-size", 1, "--epochs", 8]  # more epochs than a kill window covers
+    commands["SecondModel"] += ["--batch-size", 2, "--epochs", 12]
     # Stage 1: epochs 1 to 30, on the features; stage 2: 31 to 33.
     commands["TransferModel"] = ["TransferModel.py", "--train-dir", "train", "--validation-dir", "validation",
                                  "--image-size", 32, "--batch-size", 8, "--epochs", 33, "--weights", weights,
@@ -114,11 +115,11 @@ def test_runs_killed_at_random_moments_go_on_with_the_same_command(colours, kera
                                                                    "TransferModel"), "Epoch 32/", 0.4, [])
         for script in ("FirstModel", "SecondModel"):  # meanwhile, the same commands finish the others
             folder = colours / script
-            assert [path.name for path in folder.glob("model*.h5")] == ["model.checkpoint.weights.h5"]
+            assert [path.name for path in folder.glob("model*.h5")] == ["model.checkpoint.h5"]
             resumed = run_in_process(*commands[script], cwd=folder)
             assert resumed.returncode == 0 and stderr_lines(resumed) == [], resumed.stderr
             went_on_from(*killed[script], resumed.stdout)
-            check_finished(folder, 6 if script == "FirstModel" else 8, folder / "logs")
+            check_finished(folder, 8 if script == "FirstModel" else 12, folder / "logs")
             assert float(re.search(r"val_accuracy: (\d\.\d+)$", resumed.stdout).group(1)) > 0.5  # chance: a third
             predicted = run_in_process(f"{script}.py", "--predict", "validation", "--model-file", "model.h5",
                                        cwd=folder)
@@ -157,27 +158,27 @@ def checkpoint_epoch(path):
 def test_a_kill_while_an_epoch_is_saved_goes_on_from_the_epoch_before(small_dataset, tmp_path, monkeypatch):
     """The power is cut as the third epoch's state is being written: half a file under the hidden
     name, the second epoch's checkpoint whole under its own; the same command goes on from it."""
-    save_weights, saves = keras.Model.save_weights, []
+    save, saves = training.Checkpoint._save, []
 
-    def power_cut_in_the_third(model, path, *args, **kwargs):
+    def power_cut_in_the_third(checkpoint, path):
         saves.append(path)
         if len(saves) == 3:
             with open(path, "wb") as half:
                 half.write(b"\x89HDF\r\n\x1a\n half a file")
             monkeypatch.setattr(os, "unlink", lambda path: None)  # a process that is dead removes nothing
             raise SystemExit("the power is cut")
-        return save_weights(model, path, *args, **kwargs)
+        return save(checkpoint, path)
 
     train_dir, validation_dir = small_dataset
     arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 32, "--batch-size", 4,
                  "--epochs", 4, "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "model.h5"]
-    monkeypatch.setattr(keras.Model, "save_weights", power_cut_in_the_third)
+    monkeypatch.setattr(training.Checkpoint, "_save", power_cut_in_the_third)
     cut = run_in_process("SecondModel.py", *arguments, cwd=tmp_path)
     monkeypatch.undo()
     assert "Epoch 3/4" in cut.stdout and "Epoch 4/4" not in cut.stdout
-    assert [path.name for path in tmp_path.glob(".*")] == [".model.checkpoint.partial.weights.h5"]
+    assert [path.name for path in tmp_path.glob(".*")] == [".partial.model.checkpoint.h5"]
     assert (tmp_path / "model.h5.lock").exists()
-    assert checkpoint_epoch(tmp_path / "model.checkpoint.weights.h5") == 2
+    assert checkpoint_epoch(tmp_path / "model.checkpoint.h5") == 2
 
     resumed = run_in_process("SecondModel.py", *arguments, cwd=tmp_path)
     assert resumed.returncode == 0 and stderr_lines(resumed) == [], resumed.stderr
@@ -205,9 +206,9 @@ def test_a_kill_while_the_model_files_are_saved_is_finished_by_the_same_command(
     run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
     monkeypatch.undo()
     assert sorted(path.name for path in tmp_path.glob("model*.h5")) == [
-        "model.checkpoint.weights.h5", "model.h5", "model.weights.h5"]
-    assert sorted(path.name for path in tmp_path.glob(".*")) == [".model.last.partial.h5",
-                                                                 ".model.last.partial.weights.h5"]
+        "model.checkpoint.h5", "model.h5", "model.weights.h5"]
+    assert sorted(path.name for path in tmp_path.glob(".*")) == [".partial.model.last.h5",
+                                                                 ".partial.model.last.weights.h5"]
 
     finished = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
     assert finished.returncode == 0 and stderr_lines(finished) == [], finished.stderr
@@ -234,7 +235,7 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
     monkeypatch.setattr(reports.ValidationReport, "on_epoch_end", ctrl_c_as_the_second_epoch_ends)
     stopped = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
     monkeypatch.undo()
-    checkpoint = tmp_path / "model.checkpoint.weights.h5"
+    checkpoint = tmp_path / "model.checkpoint.h5"
     assert_stopped_in_one_line(stopped, signal.SIGINT, f"FirstModel.py: interrupted (Ctrl-C); the run is saved after "
                                                        f"epoch 1 in {checkpoint}: the same command goes on at epoch 2")
     saved = checkpoint.read_bytes()
@@ -252,7 +253,7 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
 
     restarted = run_in_process("FirstModel.py", *arguments, "--restart", cwd=tmp_path)
     assert restarted.returncode == 0 and stderr_lines(restarted) == [], restarted.stderr
-    [aside] = tmp_path.glob("model.checkpoint-*.weights.h5")
+    [aside] = tmp_path.glob("model.checkpoint-*.h5")
     assert f"Starting again; the unfinished run is kept aside as {aside}" in restarted.stdout
     assert "Epoch 1/3" in restarted.stdout and aside.read_bytes() == saved
     assert not checkpoint.exists() and saved_epoch(tmp_path / "model.last.h5") == 3

@@ -118,8 +118,8 @@ def test_output_folder_among_the_originals_is_refused(tmp_path):
     originals = snapshot(tmp_path / "data")
     for output_dir in (train_dir / "balanced", tmp_path / "data", validation_dir / "apple"):
         result = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir,
-                            "--validation-dir", validation_dir, "--output-dir", output_dir,
-                            cwd=tmp_path)
+                                "--validation-dir", validation_dir, "--output-dir", output_dir,
+                                cwd=tmp_path)
         assert_one_line_error(result, f"--output-dir '{output_dir}'",
                               "choose an output folder outside the training and validation folders")
     assert snapshot(tmp_path / "data") == originals

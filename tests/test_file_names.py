@@ -43,13 +43,13 @@ def test_a_misclassified_validation_photo_with_such_a_name_does_not_stop_the_sav
 
     # --predict on the folder and on the photo itself: the name shown, the photo read.
     predicted = run_in_process("FirstModel.py", "--predict", validation_dir, "--model-file", tmp_path / "model.h5",
-                           cwd=tmp_path)
+                               cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     assert f"{validation_dir / 'apple' / SHOWN_AS}\tberry\t" in predicted.stdout
     assert len(predicted.stdout.splitlines()) == 7
     one = run_in_process("FirstModel.py", "--predict", os.fsdecode(os.fsencode(validation_dir / "apple") + b"/"
-                                                               + LATIN_1_NAME),
-                     "--model-file", tmp_path / "model.h5", cwd=tmp_path)
+                                                                   + LATIN_1_NAME),
+                         "--model-file", tmp_path / "model.h5", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert one.stdout.startswith(f"{validation_dir / 'apple' / SHOWN_AS}\tberry\t")
 

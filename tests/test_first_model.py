@@ -52,8 +52,8 @@ def test_resumes_the_saved_model_not_a_new_one(small_dataset, tmp_path):
         "script": "FirstModel", "classes": "apple, berry", "image_size": 32, "validation_split": 0.0})
 
     result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--initial-epoch", 1, "--epochs", 2, "--batch-size", 2, "--image-size", 32,
-                        "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "zero.h5", cwd=tmp_path)
+                            "--initial-epoch", 1, "--epochs", 2, "--batch-size", 2, "--image-size", 32,
+                            "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "zero.h5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout
     resumed = keras.models.load_model(tmp_path / "zero.h5", compile=False)

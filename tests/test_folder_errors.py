@@ -15,7 +15,7 @@ SCRIPTS = ["FirstModel.py", "SecondModel.py", "TransferModel.py", "ClassImageAug
 
 def run_on(script, tmp_path, train_dir, validation_dir):
     return run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
-                      cwd=tmp_path)
+                          cwd=tmp_path)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -49,7 +49,7 @@ def test_model_file_in_missing_folder_fails_before_training(script, small_datase
     train_dir, validation_dir = small_dataset
     model_file = tmp_path / "no such folder" / "model.h5"
     result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--model-file", model_file, "--log-dir", tmp_path / "logs", cwd=tmp_path)
+                            "--model-file", model_file, "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, f"folder '{model_file.parent}' does not exist")
     assert "Epoch 1/" not in result.stdout
 
@@ -84,7 +84,7 @@ def test_settings_that_cannot_work_fail_before_training(script, arguments, expec
                                                         tmp_path):
     train_dir, validation_dir = small_dataset
     result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--log-dir", tmp_path / "logs", *arguments, cwd=tmp_path)
+                            "--log-dir", tmp_path / "logs", *arguments, cwd=tmp_path)
     if script == "TransferModel.py":  # keras.applications' networks take 32 pixels or more
         expected = expected.replace("22", "32")
     assert_one_line_error(result, expected)
@@ -113,7 +113,7 @@ def test_check_labels_refuses_what_a_run_refuses(script, arguments, expected, sm
 
 @pytest.mark.parametrize("script, suffix", [("FirstModel.py", ".h5"), ("SVMModel.py", ".joblib")])
 def test_a_model_folder_that_cannot_be_written_fails_before_training(script, suffix, small_dataset, tmp_path,
-                                                                    monkeypatch):
+                                                                     monkeypatch):
     """A read-only drive, a folder of someone else's, a share without rights: the run stops at once."""
     def refused(dir):
         raise PermissionError(13, "Permission denied", dir)
@@ -132,7 +132,7 @@ def test_model_file_that_is_a_folder(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "model.h5").mkdir()
     result = run_in_process("FirstModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--model-file", tmp_path / "model.h5", cwd=tmp_path)
+                            "--model-file", tmp_path / "model.h5", cwd=tmp_path)
     assert_one_line_error(result, "it is a folder")
 
 
@@ -140,8 +140,8 @@ def test_output_folder_that_is_a_file(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "generated").write_text("a file, not a folder")
     result = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir,
-                        "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
-                        cwd=tmp_path)
+                            "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
+                            cwd=tmp_path)
     assert_one_line_error(result, str(tmp_path / "generated"))
 
 
@@ -157,7 +157,7 @@ def test_log_folder_that_is_a_file(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     (tmp_path / "logs").write_text("not a folder")
     result = run_in_process("SecondModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--log-dir", tmp_path / "logs", cwd=tmp_path)
+                            "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, "is a file, not a folder")
     assert "Epoch 1/" not in result.stdout
 
@@ -165,7 +165,7 @@ def test_log_folder_that_is_a_file(small_dataset, tmp_path):
 def test_svm_negative_seed(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--log-dir", tmp_path / "logs", "--seed", -5, cwd=tmp_path)
+                            "--log-dir", tmp_path / "logs", "--seed", -5, cwd=tmp_path)
     assert_one_line_error(result, "--seed -5 must be a whole number from 0 to")
 
 

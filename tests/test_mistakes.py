@@ -63,7 +63,7 @@ def test_the_mistakes_table_is_capped():
     labels, predictions = np.zeros(30, dtype=int), np.ones(30, dtype=int)
     confidences = np.linspace(0.5, 0.99, 30)
     table = reports.mistakes_table([f"a/{n}.jpg" for n in range(30)], labels, predictions,
-                                       confidences, ["ant", "bee"]).splitlines()
+                                   confidences, ["ant", "bee"]).splitlines()
     assert len(table) == 1 + 20 + 1 and table[-1] == "and 10 more"
     assert table[1] == "a/29.jpg\tant\tbee\t0.9900"  # the most confident first
     assert reports.mistakes_table(["a.jpg"], [1], [1], [0.9], ["ant", "bee"]).splitlines() == [

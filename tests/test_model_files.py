@@ -116,7 +116,7 @@ def test_model_files_over_the_limit_fail_in_one_line_and_keep_the_earlier_set(sm
                                 "--image-size", 64, "--batch-size", 4, "--epochs", 1, "--log-dir", tmp_path / "logs",
                                 "--model-file", models / "model.h5", cwd=tmp_path)
     # The first file written: the run's state after its first epoch.
-    assert_one_line_error(result, f"FirstModel.py: error: cannot write '{models / 'model.checkpoint.weights.h5'}' "
+    assert_one_line_error(result, f"FirstModel.py: error: cannot write '{models / 'model.checkpoint.h5'}' "
                                   "(File too large): nothing was replaced")
     assert "TensorBoard run: " in result.stdout  # trained, then could not save
     assert snapshot(models) == before  # byte for byte, and nothing beside it
@@ -124,7 +124,7 @@ def test_model_files_over_the_limit_fail_in_one_line_and_keep_the_earlier_set(sm
 
 @POSIX_ONLY
 def test_tensorboard_files_over_the_limit_fail_in_one_line_and_keep_the_earlier_set(small_dataset, earlier_set,
-                                                                                   tmp_path):
+                                                                                    tmp_path):
     train_dir, validation_dir = small_dataset
     models, before = earlier_set
     arguments = ["--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 64,

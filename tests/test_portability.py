@@ -67,7 +67,7 @@ def test_new_images_never_overwrite_and_are_readable_by_all(tmp_path, umask_022)
     picture = Image.new("RGB", (8, 8), "red")
     written = [photos.save_new_jpeg(picture, str(tmp_path), "star") for _ in range(3)]
     assert [os.path.basename(path) for path in written] == ["star_0001.jpg", "star_0003.jpg",
-                                                             "star_0004.jpg"]
+                                                            "star_0004.jpg"]
     assert (tmp_path / "star_0002.jpg").read_bytes() == b"a user's file"
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "star_0001.jpg", "star_0002.jpg", "star_0003.jpg", "star_0004.jpg"]  # no temporary file left

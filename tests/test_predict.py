@@ -91,7 +91,7 @@ def test_predicts_a_folder_with_the_kept_epoch_as_in_training(script, small_data
 def test_prediction_errors_are_one_line(script, tmp_path):
     cat_photos = make_images(tmp_path / "photos", {"cat": 2})
     missing_model = run_in_process(script, "--predict", cat_photos, "--model-file",
-                               tmp_path / f"none{MODEL_SUFFIX[script]}", cwd=tmp_path)
+                                   tmp_path / f"none{MODEL_SUFFIX[script]}", cwd=tmp_path)
     assert_one_line_error(missing_model, "none", "train one first")
 
     not_a_model = tmp_path / f"text{MODEL_SUFFIX[script]}"
@@ -105,12 +105,12 @@ def test_prediction_errors_are_one_line(script, tmp_path):
         with h5py.File(tmp_path / "damaged.h5", "w") as damaged:
             damaged.attrs["class_names"] = '["cat", "dog"]'
         damaged_model = run_in_process(script, "--predict", cat_photos, "--model-file", tmp_path / "damaged.h5",
-                                   cwd=tmp_path)
+                                       cwd=tmp_path)
         assert_one_line_error(damaged_model, f"cannot load the model in '{tmp_path / 'damaged.h5'}'",
                               "--model-file")
 
     nothing = run_in_process(script, "--predict", tmp_path / "nowhere", "--model-file", not_a_model,
-                         cwd=tmp_path)
+                             cwd=tmp_path)
     assert_one_line_error(nothing, "nowhere", "does not exist")
     (tmp_path / "empty").mkdir()
     empty = run_in_process(script, "--predict", tmp_path / "empty", "--model-file", not_a_model, cwd=tmp_path)

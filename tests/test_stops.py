@@ -155,7 +155,7 @@ def test_a_stop_after_the_last_epoch_leaves_the_same_command_its_model_to_save(s
                  "--image-size", 32, "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "model.h5"]
     result = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
     assert_stopped_in_one_line(result, signal.SIGINT, "interrupted (Ctrl-C); the run is saved after epoch 2 in "
-                                                      f"{tmp_path / 'model.checkpoint.weights.h5'}: the same command "
+                                                      f"{tmp_path / 'model.checkpoint.h5'}: the same command "
                                                       "saves its model")
     monkeypatch.undo()
     finished = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)

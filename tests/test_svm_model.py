@@ -56,7 +56,7 @@ def test_trains_reports_logs_and_saves(tmp_path):
 def test_fewer_folds_when_a_class_is_small(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset  # 4 berries: 4 folds, as 5 would need 5 per class
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--log-dir", tmp_path / "logs", cwd=tmp_path)
+                            "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "by 4-fold cross-validation" in result.stdout
 
@@ -65,7 +65,7 @@ def test_needs_two_images_per_class_for_cross_validation(tmp_path):
     train_dir = make_images(tmp_path / "train", {"apple": 3, "berry": 1})
     validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 1}, seed=1)
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--log-dir", tmp_path / "logs", cwd=tmp_path)
+                            "--log-dir", tmp_path / "logs", cwd=tmp_path)
     assert_one_line_error(result, str(train_dir / "berry"), "at least 2 per class")
     assert not (tmp_path / "SVMModel.joblib").exists()
 
@@ -73,7 +73,7 @@ def test_needs_two_images_per_class_for_cross_validation(tmp_path):
 def test_model_file_must_be_joblib(small_dataset, tmp_path):
     train_dir, validation_dir = small_dataset
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir,
-                        "--model-file", tmp_path / "svm.h5", cwd=tmp_path)
+                            "--model-file", tmp_path / "svm.h5", cwd=tmp_path)
     assert_one_line_error(result, "svm.h5", ".joblib")
 
 

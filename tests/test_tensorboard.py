@@ -40,16 +40,16 @@ def logs(tmp_path_factory):
         if script != "SVMModel.py":
             args += ["--batch-size", 2, "--image-size", 32]
         result = run_in_process(script, "--train-dir", train_dir, "--validation-dir", validation_dir,
-                            "--log-dir", log_dir, *args, cwd=work)
+                                "--log-dir", log_dir, *args, cwd=work)
         assert result.returncode == 0, result.stderr
         runs[script] = (run_name(result.stdout), result.stdout)
     result = run_in_process("UnitaryImageAugmentationSample.py", "--image", train_dir / "apple" / "apple_000.png",
-                        "--output-dir", work / "copies", "--count", 5, "--log-dir", log_dir, cwd=work)
+                            "--output-dir", work / "copies", "--count", 5, "--log-dir", log_dir, cwd=work)
     assert result.returncode == 0, result.stderr
     runs["UnitaryImageAugmentationSample.py"] = (run_name(result.stdout), result.stdout)
     result = run_in_process("ClassImageAugmentationSample.py", "--train-dir", train_dir,
-                        "--validation-dir", validation_dir, "--output-dir", work / "balanced",
-                        "--train-target", 10, "--validation-target", 5, "--log-dir", log_dir, cwd=work)
+                            "--validation-dir", validation_dir, "--output-dir", work / "balanced",
+                            "--train-target", 10, "--validation-target", 5, "--log-dir", log_dir, cwd=work)
     assert result.returncode == 0, result.stderr
     runs["ClassImageAugmentationSample.py"] = (run_name(result.stdout), result.stdout)
     return log_dir, runs

@@ -129,7 +129,7 @@ def test_each_backbone_gets_its_own_preprocess_input(backbone, monkeypatch):
     monkeypatch.setattr(TransferModel, "BACKBONE", backbone)
     module, last_block = TransferModel.BACKBONES[backbone]
     base = getattr(keras.applications, backbone)(input_shape=(32, 32, 3), include_top=False, weights=None,
-                                                name="base")
+                                                 name="base")
     model = TransferModel.build_model(base, 3)
     assert base.get_layer(last_block)  # the block stage 2 trains is the backbone's
     # What the base receives from network_input's pixels is the backbone's preprocess_input of 0-255 pixels.

@@ -31,7 +31,7 @@ def test_writes_21_copies_by_default_and_never_overwrites(tmp_path):
 def test_flags_choose_image_folder_count_and_prefix(tmp_path):
     make_images(tmp_path / "in", {"cat": 1})
     result = run_in_process("UnitaryImageAugmentationSample.py", "--image", tmp_path / "in/cat/cat_000.png",
-                        "--output-dir", tmp_path / "out", "--count", 4, "--prefix", "cat", cwd=tmp_path)
+                            "--output-dir", tmp_path / "out", "--count", 4, "--prefix", "cat", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
         "cat_0001.jpg", "cat_0002.jpg", "cat_0003.jpg", "cat_0004.jpg"]
@@ -39,7 +39,7 @@ def test_flags_choose_image_folder_count_and_prefix(tmp_path):
 
 def test_missing_image_is_one_clear_line(tmp_path):
     result = run_in_process("UnitaryImageAugmentationSample.py", "--image", tmp_path / "nope.png",
-                        cwd=tmp_path)
+                            cwd=tmp_path)
     assert result.returncode != 0
     assert stderr_lines(result) == [
         f"UnitaryImageAugmentationSample.py: error: image '{tmp_path / 'nope.png'}' does not exist: "
@@ -49,6 +49,6 @@ def test_missing_image_is_one_clear_line(tmp_path):
 def test_corrupt_image_is_one_clear_line(tmp_path):
     (tmp_path / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")
     result = run_in_process("UnitaryImageAugmentationSample.py", "--image", tmp_path / "half.png",
-                        "--output-dir", tmp_path / "out", cwd=tmp_path)
+                            "--output-dir", tmp_path / "out", cwd=tmp_path)
     assert_one_line_error(result, f"cannot read image '{tmp_path / 'half.png'}'")
     assert not (tmp_path / "out").exists()

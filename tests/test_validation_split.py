@@ -72,7 +72,7 @@ def test_the_split_is_the_same_on_every_system():
              "dogs": ["a.png", "b.png", "c.png", "d.png"]}
     paths = [os.path.join("photos", class_name, name) for class_name in names for name in names[class_name]]
     held = photos.held_out("photos", paths, np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.arange(8), list(names),
-                                0.5, 2018)
+                           0.5, 2018)
     assert held.tolist() == [True, False, True, True, True, False, False, True]
 
 
@@ -142,17 +142,17 @@ def test_the_same_photo_in_two_classes_of_one_folder_is_named(tmp_path, capsys):
 def test_an_unrelated_set_gives_no_near_duplicates():
     """The bundled shapes: 341 training and 87 validation images, none a copy of another."""
     images, _, _ = photos.read_image_folder(REPO / "data" / "train", ["circle", "square", "star", "triangle"],
-                                                 150, "training")
+                                            150, "training")
     hashes = photos.perceptual_hashes(images)
     validation, _, _ = photos.read_image_folder(REPO / "data" / "validation",
-                                                     ["circle", "square", "star", "triangle"], 150, "validation")
+                                                ["circle", "square", "star", "triangle"], 150, "validation")
     assert photos.near_duplicates(hashes) == []
     assert photos.near_duplicates(photos.perceptual_hashes(validation), hashes) == []
 
 
 def test_long_lists_are_cut_at_20_lines_with_the_count():
     table = photos.near_duplicate_table([(f"v{index}.png", 0, f"t{index}.png", 0) for index in range(25)],
-                                             CLASS_NAMES)
+                                        CLASS_NAMES)
     lines = photos.first_lines(table).split("\n")
     assert len(lines) == 22 and lines[-2] == "v19.png\tapple\tt19.png\tapple" and lines[-1] == "and 5 more"
 
