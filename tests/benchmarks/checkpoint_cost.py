@@ -22,13 +22,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import runs  # noqa: E402
+
+runs.start("checkpoint_cost.py")  # TensorFlow without its start-up lines
+
+import training  # noqa: E402
+
 WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 def measure(script, work):
     """(seconds of the whole run, seconds in the saves, number of saves, checkpoint size in MB) of script's default run."""
-    import training
-
     saves, sizes, on_epoch_end = [], [], training.Checkpoint.on_epoch_end
 
     def timed(self, epoch, logs=None):
