@@ -1,6 +1,6 @@
 """What the tests share: running the scripts as users do, small image folders, TensorBoard events.
 
-run_script starts a script in a new Python process, exactly as `python Script.py ...`;
+start_script starts a script in a new Python process, exactly as `python Script.py ...`;
 run_in_process runs its `__main__` in the test's own process, seconds faster (no new
 TensorFlow start), for the runs whose process itself is not what a test is about.
 """
@@ -39,17 +39,9 @@ def stops_by_default():
         signal.signal(number, signal.SIG_DFL)
 
 
-def run_script(script, *args, cwd):
-    """Run one of the repository's scripts in a fresh Python process, in folder cwd, as a user does."""
-    command = [sys.executable, str(REPO / script), *map(str, args)]
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
-                          preexec_fn=None if os.name == "nt" else stops_by_default)
-
-
 def start_script(script, *args, cwd):
-    """Start a script as run_script does, without waiting for it, its output unbuffered so that
-    a test can act on a line as soon as it is printed."""
+    """Start one of the repository's scripts in a new Python process, in folder cwd, as a user does,
+    without waiting for it, its output unbuffered so that a test can act on a line as soon as printed."""
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -30,7 +30,7 @@ MODEL_FILES = sorted(["model.h5", "model.weights.h5", "model.last.h5", "model.la
 
 def kill_at_random(process, after_line, seconds, lines_seen):
     """kill -9 a started script at a random moment within seconds after it prints a line starting with
-    after_line; its output until then, and the delay, for the assertions."""
+    after_line, having printed nothing on stderr; its output until then, and the delay, for the assertions."""
     watchdog = threading.Timer(600, process.kill)  # never wait for ever on a script that hangs
     watchdog.start()
     try:
@@ -40,9 +40,11 @@ def kill_at_random(process, after_line, seconds, lines_seen):
                 break
         delay = random.uniform(0, seconds)
         threading.Timer(delay, process.kill).start()  # SIGKILL: no handler runs, nothing is flushed
-        rest, _ = process.communicate(timeout=600)
+        rest, stderr = process.communicate(timeout=600)
     finally:
         watchdog.cancel()
+    # Nothing on stderr until then, not even TensorFlow's start-up lines: nothing for the user to puzzle over.
+    assert stderr == "", stderr
     return "".join(lines_seen) + rest, delay
 
 

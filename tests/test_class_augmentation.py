@@ -4,7 +4,7 @@ import hashlib
 
 from PIL import Image
 
-from helpers import assert_one_line_error, make_images, run_in_process, run_script, stderr_lines
+from helpers import assert_one_line_error, make_images, run_in_process, stderr_lines
 
 
 def snapshot(folder):
@@ -13,8 +13,8 @@ def snapshot(folder):
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def balance(tmp_path, train_dir, validation_dir, *extra_args, run=run_in_process):
-    return run(
+def balance(tmp_path, train_dir, validation_dir, *extra_args):
+    return run_in_process(
         "ClassImageAugmentationSample.py", "--train-dir", train_dir,
         "--validation-dir", validation_dir, "--output-dir", tmp_path / "generated",
         "--train-target", 6, "--validation-target", 3, *extra_args, cwd=tmp_path)
@@ -25,7 +25,7 @@ def test_tops_classes_up_to_the_exact_target(tmp_path):
     validation_dir = make_images(tmp_path / "validation", {"apple": 1, "berry": 3, "cherry": 2})
     originals = snapshot(tmp_path / "train") | snapshot(tmp_path / "validation")
 
-    result = balance(tmp_path, train_dir, validation_dir, run=run_script)  # as a user runs it
+    result = balance(tmp_path, train_dir, validation_dir)
     assert result.returncode == 0, result.stderr
     assert stderr_lines(result) == []
 
