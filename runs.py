@@ -54,21 +54,21 @@ def without_start_up_lines(text):
 
 @contextlib.contextmanager
 def start_up_lines_hidden():
-    """What is written on file descriptor 2 inside the block, printed less start-up lines after it."""
+    """What is written on file descriptor 2 (TensorFlow's C++ writes there, whatever sys.stderr is) inside
+    the block, printed less start-up lines after it."""
     global _stderr
     try:
-        stderr_fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no console, or a stream with no file behind it
+        sys.stderr.flush()
+        _stderr = os.dup(2)
+    except (AttributeError, OSError):  # no console (pythonw on Windows)
         yield
         return
-    sys.stderr.flush()
-    _stderr = os.dup(stderr_fd)
     with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), stderr_fd)
+        os.dup2(caught.fileno(), 2)
         try:
             yield
         finally:
-            os.dup2(_stderr, stderr_fd)
+            os.dup2(_stderr, 2)
             os.close(_stderr)
             _stderr = None
             caught.seek(0)
@@ -91,7 +91,7 @@ def _stop(signal_number, frame):
     name = "Ctrl-C" if signal_number == signal.SIGINT else signal.Signals(signal_number).name
     with contextlib.suppress(OSError, ValueError):  # a closed terminal or pipe: the line goes nowhere
         if _stderr is not None:  # TensorFlow is starting: its lines are caught, not the stop's
-            os.dup2(_stderr, sys.stderr.fileno())
+            os.dup2(_stderr, 2)
         print(readable_text(f"{_script}: interrupted ({name}); {_said_on_stop}"), file=sys.stderr, flush=True)
     if _lock_file:
         with contextlib.suppress(OSError):

@@ -9,8 +9,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests import the scripts' helper modules, and the scripts
 
-from helpers import make_images  # noqa: E402
 import runs  # noqa: E402
+
+with runs.start_up_lines_hidden():  # helpers load TensorFlow: without its start-up lines, as the scripts do
+    from helpers import make_images  # noqa: E402
 
 # pytest's own handlers of the stop signals, before any test module imports a script, whose
 # runs.start() takes them over.

@@ -1,9 +1,11 @@
 """On every desktop and drive: only calls that Linux, macOS and Windows all have, ordinary permissions."""
 
 import ast
+import io
 import os
 import signal
 import stat
+import sys
 
 import pytest
 from PIL import Image
@@ -179,3 +181,14 @@ def test_tensorflow_start_up_lines_are_hidden_and_real_errors_kept():
     # With a CUDA driver, a failed cuInit is a real error: the GPU that is there cannot be used.
     cu_init_failed = start_up.splitlines(keepends=True)[-1]
     assert runs.without_start_up_lines(cu_init_failed) == cu_init_failed
+
+
+def test_start_up_lines_are_caught_on_descriptor_2_whatever_sys_stderr_is(capfd, monkeypatch):
+    """TensorFlow's C++ writes on descriptor 2 also where sys.stderr is another stream (IDLE, Jupyter, pytest)."""
+    shown = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", shown)
+    with runs.start_up_lines_hidden():
+        os.write(2, b"I0000 00:00:1795732351.602074    2205 cudart_stub.cc:31] Could not find cuda drivers\n"
+                    b"E0000 00:00:1795732360.1    2205 some_op.cc:1] Out of memory while allocating\n")
+    assert shown.getvalue() == "E0000 00:00:1795732360.1    2205 some_op.cc:1] Out of memory while allocating\n"
+    assert capfd.readouterr().err == ""
