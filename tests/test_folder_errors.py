@@ -115,7 +115,11 @@ def test_check_labels_refuses_what_a_run_refuses(script, arguments, expected, sm
 def test_a_model_folder_that_cannot_be_written_fails_before_training(script, suffix, small_dataset, tmp_path,
                                                                      monkeypatch):
     """A read-only drive, a folder of someone else's, a share without rights: the run stops at once."""
-    def refused(dir):
+    temporary_file = runs.tempfile.TemporaryFile
+
+    def refused(dir=None):  # the model's folder refuses; the system's temporary folder does not
+        if dir is None:
+            return temporary_file()
         raise PermissionError(13, "Permission denied", dir)
 
     monkeypatch.setattr(runs.tempfile, "TemporaryFile", refused)
