@@ -68,6 +68,9 @@ CONFUSION_MATRIX_EVERY = 10
 CHECK_LABELS_FOLDS = 5
 CHECK_LABELS_EPOCHS = 10
 
+# --export: the int8 file's ranges are measured on this many training photos, chosen at random.
+CALIBRATION_PHOTOS = 300
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description="Train FirstModel, a small CNN with augmentation.")
@@ -100,6 +103,10 @@ def parse_args():
                              f"that did not see it ({CHECK_LABELS_FOLDS} short trainings of "
                              f"{CHECK_LABELS_EPOCHS} epochs, about as long as one training run); "
                              f"nothing is moved or changed")
+    parser.add_argument("--export", action="store_true",
+                        help="instead of training, write the model in --model-file as LiteRT files for apps "
+                             "beside it (<name>.tflite, <name>.int8.tflite, <name>.labels.txt), and compare "
+                             "them with it on the validation photos (<name>.export.txt)")
     args = parser.parse_args()
     args.validation_dir = photos.check_validation_split(args.validation_dir, args.validation_split, args.seed,
                                                         VALIDATION_DIR)
@@ -173,12 +180,21 @@ def check_labels(args):
 
 def main():
     args = parse_args()
+    training.check_model_file_use(args.model_file, args.predict)
     if args.predict:
         for path, class_name, probability in zip(*training.predict(args.model_file, args.predict)):
             print(f"{runs.readable_text(path)}\t{class_name}\t{probability:.4f}")
         return
     if args.check_labels:
         print(check_labels(args))
+        return
+    if args.export:
+        saved, report, warning = training.export_litert(args.model_file, "FirstModel", args.train_dir,
+                                                        args.validation_dir, args.validation_split, args.seed,
+                                                        CALIBRATION_PHOTOS)
+        print(f"Saved {', '.join(saved)}\n{report}", end="")
+        if warning:
+            runs.warn(warning)
         return
 
     # Check the folders and settings before anything slow starts.

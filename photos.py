@@ -133,9 +133,8 @@ def read_images(paths, image_size):
         except Exception as error:  # any file that does not decode is skipped, whatever the reason
             return why_unreadable(paths[position], error)
 
-    # Pillow decodes and resizes outside Python's global lock: threads use every core (process_cpu_count: Python 3.13).
-    cores = (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
-    with concurrent.futures.ThreadPoolExecutor(max_workers=cores) as pool:
+    # Pillow decodes and resizes outside Python's global lock: threads use every core.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=runs.cores()) as pool:
         problems = list(pool.map(read_into, range(len(paths))))
     for path, problem in zip(paths, problems):
         if problem:

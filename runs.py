@@ -53,9 +53,9 @@ def without_start_up_lines(text):
 
 
 @contextlib.contextmanager
-def start_up_lines_hidden():
+def start_up_lines_hidden(kept=without_start_up_lines):
     """What is written on file descriptor 2 (TensorFlow's C++ writes there, whatever sys.stderr is) inside
-    the block, printed less start-up lines after it."""
+    the block, printed after it through kept: less start-up lines, or (the converter's log) nothing."""
     global _stderr
     try:
         sys.stderr.flush()
@@ -72,7 +72,7 @@ def start_up_lines_hidden():
             os.close(_stderr)
             _stderr = None
             caught.seek(0)
-            sys.stderr.write(without_start_up_lines(caught.read().decode(errors="replace")))
+            sys.stderr.write(kept(caught.read().decode(errors="replace")))
             sys.stderr.flush()
 
 
@@ -129,6 +129,15 @@ def readable_text(text):
 
 def warn(message):
     print(f"warning: {readable_text(message)}", file=sys.stderr, flush=True)
+
+
+def cores():
+    """The cores this process may use (process_cpu_count: Python 3.13)."""
+    return (getattr(os, "process_cpu_count", None) or os.cpu_count)() or 1
+
+
+def first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def why_not_written(error):

@@ -5,7 +5,9 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
+import warnings
 
 import h5py
 import keras
@@ -264,15 +266,21 @@ def save_model_files(model, model_file, class_names, kept, last, settings):
     return list(files)
 
 
-def load_model(model_file):
-    """The model in model_file, not compiled, and its class names."""
+def load_model(model_file, script=None):
+    """The model in model_file, not compiled, and its class names; with script, refused if another script made it."""
+    if model_file.endswith((".tflite", ".joblib")):
+        raise DataError(f"'{model_file}' is not a Keras model: name the .h5 that {script or 'the script'}.py saved")
     try:
         model = keras.models.load_model(model_file, compile=False)
         with h5py.File(model_file, "r") as saved:
-            return model, json.loads(saved.attrs["class_names"])
+            class_names, settings = json.loads(saved.attrs["class_names"]), json.loads(saved.attrs["settings"])
     except Exception as error:  # h5py and Keras raise many kinds on a file that is not a model
         raise DataError(f"cannot load the model in '{model_file}' ({type(error).__name__}: {error}): it was not "
                         "saved by these scripts; name another with --model-file") from None
+    if script and settings.get("script") != script:
+        raise DataError(f"'{model_file}' was made by {settings.get('script')}.py, not {script}.py: run "
+                        f"{settings.get('script')}.py with it")
+    return model, class_names
 
 
 def load_run(model_file, initial_epoch, settings, compile_model, checkpoint):
@@ -310,14 +318,180 @@ def probabilities(model, images):
 
 
 def predict(model_file, path):
-    """(paths, predicted classes, their probabilities) of the images at path, by the model in model_file."""
+    """(paths, predicted classes, their probabilities) of the images at path, by the model in model_file (.h5, .tflite)."""
     paths = photos.list_images_to_predict(path)
     if not os.path.isfile(model_file):
         raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
-    model, class_names = load_model(model_file)
-    images, readable = photos.read_images(paths, model.input_shape[1])
+    if model_file.endswith(".tflite"):
+        interpreter, class_names = litert_model(model_file, runs.cores())
+        images, readable = photos.read_images(paths, interpreter.get_input_details()[0]["shape"][1])
+    else:
+        model, class_names = load_model(model_file)
+        images, readable = photos.read_images(paths, model.input_shape[1])
     if not readable.any():
         raise DataError("none of the images to predict can be read: see the warnings above")
-    probabilities = model.predict(network_input(images), batch_size=32, verbose=0)
+    if model_file.endswith(".tflite"):
+        probabilities = litert_probabilities(interpreter, images)[0]
+    else:
+        probabilities = model.predict(network_input(images), batch_size=32, verbose=0)
     predicted = [class_names[index] for index in probabilities.argmax(axis=1)]
     return [path for path, ok in zip(paths, readable) if ok], predicted, probabilities.max(axis=1)
+
+
+# LiteRT (TFLite) files for apps: uint8 pixels in, probabilities out, every step between inside the file.
+
+def litert_files(model_file):
+    """The float file, the int8 file, the class names and the parity report that --export writes beside model_file."""
+    stem = os.path.splitext(model_file)[0]
+    return f"{stem}.tflite", f"{stem}.int8.tflite", f"{stem}.labels.txt", f"{stem}.export.txt"
+
+
+def check_model_file_use(model_file, predicting):
+    if model_file.endswith(".tflite") and not predicting:
+        raise DataError(f"'{model_file}' is a LiteRT file, which only --predict uses: training, --initial-epoch, "
+                        "--check-labels and --export take the .h5 it was exported from")
+
+
+def litert_converted(model, calibration_images):
+    """(float32 file, int8 file) of model as bytes: both take [1, H, W, 3] uint8 pixels and give float32
+    probabilities; the int8 file's ranges are calibrated on calibration_images (uint8)."""
+    size = model.input_shape[1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The float file casts the pixels; the int8 file takes them as its quantized input, of scale 1 and zero point 0.
+    archive.add_endpoint(name="uint8_pixels", fn=lambda pixels: model(network_input(pixels), training=False),
+                         input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8, name="pixels")])
+    archive.add_endpoint(name="float_pixels", fn=lambda pixels: model(pixels / 255.0, training=False),
+                         input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32, name="pixels")])
+
+    def calibration():
+        # One black-and-white frame first: the input's range is then 0 to 255 exactly, so pixels go in as they are.
+        yield [np.repeat(np.linspace(0, 255, size, dtype=np.float32)[None, None, :, None] // 128 * 255, size, 1)
+               .repeat(3, 3)]
+        for image in calibration_images:
+            yield [image[None].astype(np.float32)]
+
+    # Through a SavedModel: TFLiteConverter.from_keras_model fails on many Keras 3 models (tensorflow#63867).
+    with tempfile.TemporaryDirectory() as saved_model, runs.start_up_lines_hidden(kept=lambda log: ""):
+        archive.write_out(saved_model, verbose=False)
+        float_file = tf.lite.TFLiteConverter.from_saved_model(saved_model, ["uint8_pixels"]).convert()
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, ["float_pixels"])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type, converter.inference_output_type = tf.uint8, tf.float32
+        return float_file, converter.convert()
+
+
+XNNPACK_LINE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"  # LiteRT says it for every interpreter
+
+
+def litert_interpreter(model_path=None, model_content=None, threads=1):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # no ai-edge-litert wheel (Intel Macs): TensorFlow's own interpreter runs the same files
+        Interpreter = tf.lite.Interpreter
+    with runs.start_up_lines_hidden(kept=lambda log: log.replace(XNNPACK_LINE, "")), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TensorFlow's interpreter warns that it is deprecated, for LiteRT's
+        interpreter = Interpreter(model_path=model_path, model_content=model_content, num_threads=threads)
+        interpreter.allocate_tensors()
+    return interpreter
+
+
+def litert_model(model_file, threads):
+    """(interpreter, class names) of an exported file and the labels.txt beside it; one line if either is wrong."""
+    labels_file = f"{model_file.removesuffix('.tflite').removesuffix('.int8')}.labels.txt"
+    try:
+        interpreter = litert_interpreter(model_file, threads=threads)
+        (pixels,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+    except Exception as error:  # ValueError on a file that is not a model, RuntimeError on one cut short
+        raise DataError(f"cannot load '{model_file}' ({runs.first_line(error)}): it is not a whole LiteRT model; "
+                        "export it again with --export") from None
+    if pixels["dtype"] != np.uint8 or len(pixels["shape"]) != 4 or output["dtype"] != np.float32:
+        raise DataError(f"'{model_file}' takes {pixels['dtype'].__name__} {list(pixels['shape'])}, not uint8 pixels "
+                        "[1, H, W, 3]: it was not exported by these scripts; export it with --export")
+    try:
+        with open(labels_file, encoding="utf-8") as labels:
+            class_names = labels.read().splitlines()
+    except OSError as error:
+        raise DataError(f"cannot read '{labels_file}', the class names of '{model_file}' ({runs.why_not_written(error)}"
+                        "): export it again with --export") from None
+    if len(class_names) != output["shape"][-1]:
+        raise DataError(f"'{labels_file}' names {len(class_names)} classes, but '{model_file}' gives "
+                        f"{output['shape'][-1]} probabilities: export it again with --export")
+    return interpreter, class_names
+
+
+def litert_probabilities(interpreter, images):
+    """(probabilities, median seconds per photo) of uint8 images, one at a time, as an app gives them."""
+    (pixels,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+    probabilities, seconds = [], []
+    for image in images:
+        started = time.perf_counter()
+        interpreter.set_tensor(pixels["index"], image[None])
+        interpreter.invoke()
+        probabilities.append(interpreter.get_tensor(output["index"])[0].copy())
+        seconds.append(time.perf_counter() - started)
+    return np.array(probabilities), float(np.median(seconds))
+
+
+def export_litert(model_file, script, train_dir, validation_dir, fraction, seed, calibration_photos):
+    """--export: model_file as LiteRT files beside it, compared with the Keras model on the validation photos, and
+    written whole. (Paths written, the parity report, a warning or None)."""
+    if not os.path.isfile(model_file):
+        raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
+    model, class_names = load_model(model_file, script)
+    paths = litert_files(model_file)
+    for path in paths:
+        runs.check_output_file(path, os.path.splitext(path)[1])
+    folder_classes = photos.check_image_folders(train_dir, validation_dir, fraction)[0]
+    if folder_classes != class_names:
+        raise DataError(f"'{model_file}' classifies {class_names}, but '{train_dir}' holds {folder_classes}: export "
+                        "with the folders it was trained on (--train-dir, --validation-dir)")
+    (train_images, _), (images, labels, _), _ = photos.read_training_and_validation(
+        train_dir, validation_dir, class_names, model.input_shape[1], fraction, seed)
+    calibration_images = np.random.default_rng(seed).permutation(train_images)[:calibration_photos]
+    files = dict(zip(paths, litert_converted(model, calibration_images)))
+
+    # Every file against the Keras model, on the same uint8 photos, one at a time as an app classifies them.
+    cores, keras_seconds, keras_probabilities = runs.cores(), [], []
+    for image in images:
+        started = time.perf_counter()
+        keras_probabilities.append(model.predict_on_batch(network_input(image[None]))[0])
+        keras_seconds.append(time.perf_counter() - started)
+    keras_probabilities = np.array(keras_probabilities)
+    lines = [f"{os.path.basename(model_file)} exported for apps: uint8 RGB pixels [1, {model.input_shape[1]}, "
+             f"{model.input_shape[1]}, 3] in, probabilities out. On {len(images)} validation photos, one at a time:",
+             f"{'file':<27}{'accuracy':>9}{'agreement':>10}{'max difference':>15}{'MB':>6}{'ms 1 thread':>12}"
+             f"{f'ms {cores} threads':>13}"]
+    accuracies = []
+    for path, content in [(model_file, None), *files.items()]:
+        if content is None:  # TensorFlow's threads are set once, at its start: every core
+            probabilities, compared, milliseconds = keras_probabilities, ["-", "-"], ["-", np.median(keras_seconds)]
+        else:
+            probabilities, one = litert_probabilities(litert_interpreter(model_content=content), images)
+            every = litert_probabilities(litert_interpreter(model_content=content, threads=cores), images)[1]
+            compared = [f"{np.mean(probabilities.argmax(1) == keras_probabilities.argmax(1)):.1%}",
+                        f"{np.abs(probabilities - keras_probabilities).max():.6f}"]
+            milliseconds = [one, every]
+        accuracies.append(np.mean(probabilities.argmax(1) == labels))
+        size = len(content) if content else os.path.getsize(model_file)
+        milliseconds = [value if value == "-" else f"{value * 1000:.2f}" for value in milliseconds]
+        lines.append(f"{os.path.basename(path):<27}{accuracies[-1]:>9.4f}{compared[0]:>10}{compared[1]:>15}"
+                     f"{size / 1e6:>6.1f}{milliseconds[0]:>12}{milliseconds[1]:>13}")
+    warning = None
+    if accuracies[2] < accuracies[0] - 0.01:
+        warning = (f"the int8 file classifies {accuracies[2]:.1%} of the validation photos right, against "
+                   f"{accuracies[0]:.1%} for the Keras model: calibrate it on more training photos "
+                   "(CALIBRATION_PHOTOS), or ship the float file")
+    report = "\n".join(lines) + "\n"
+    files[paths[2]] = "".join(f"{name}\n" for name in class_names).encode()
+    files[paths[3]] = (report + (f"warning: {warning}\n" if warning else "")).encode()
+    runs.write_whole({path: lambda written_as, content=content: _write_bytes(written_as, content)
+                      for path, content in files.items()})
+    return list(files), report, warning
+
+
+def _write_bytes(path, content):
+    with open(path, "wb") as written:
+        written.write(content)
