@@ -18,6 +18,7 @@ _script, _said_on_stop = os.path.basename(sys.argv[0]), "nothing saved"
 _held_stops = None  # a list while a file that must be whole is being written
 _lock_file = None
 _stderr = None  # the real standard error, while TensorFlow's start-up lines are caught
+_output_gone = False  # standard output or error can no longer be written: a closed pipe or terminal
 
 
 class DataError(Exception):
@@ -26,8 +27,9 @@ class DataError(Exception):
 
 def start(script):
     """Stops handled, file names that are not text printable, TensorFlow loaded without its start-up lines."""
-    global _script, _said_on_stop
-    _script, _said_on_stop = script, "nothing saved"
+    global _script, _said_on_stop, _output_gone
+    _script, _said_on_stop, _output_gone = script, "nothing saved", False
+    sys.stdout, sys.stderr = _Output(sys.stdout), _Output(sys.stderr)
     for number in STOP_SIGNALS:
         if signal.getsignal(number) is not signal.SIG_IGN:  # left ignored where ignored: nohup's SIGHUP
             signal.signal(number, _stop)
@@ -74,6 +76,35 @@ def start_up_lines_hidden(kept=without_start_up_lines):
             caught.seek(0)
             sys.stderr.write(kept(caught.read().decode(errors="replace")))
             sys.stderr.flush()
+
+
+class _Output:
+    """sys.stdout or sys.stderr. Once what it writes to is gone (`| tee` or `| head` ended, the terminal closed), a
+    training run goes on without its output, saving its epochs; anything else ends quietly, as `| head` expects."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._written(lambda: self._stream.write(text)) or len(text)
+
+    def flush(self):
+        self._written(self._stream.flush)
+
+    def _written(self, write):
+        global _output_gone
+        if not _output_gone:
+            try:
+                return write()
+            except OSError:  # a broken pipe; a closed terminal's input/output error
+                _output_gone = True
+                if _lock_file is None and hasattr(signal, "SIGPIPE"):  # no training run to save
+                    end_by_signal(signal.SIGPIPE)
+                if _lock_file is None:
+                    os._exit(1)  # Windows: no SIGPIPE
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 # Stops. Every complete epoch is on disk and every file is written whole, so a stop need not wait.

@@ -14,9 +14,18 @@ import runs  # noqa: E402
 with runs.start_up_lines_hidden():  # helpers load TensorFlow: without its start-up lines, as the scripts do
     from helpers import make_images  # noqa: E402
 
-# pytest's own handlers of the stop signals, before any test module imports a script, whose
-# runs.start() takes them over.
-PYTEST_HANDLERS = {number: signal.getsignal(number) for number in runs.STOP_SIGNALS}
+
+def handler_as_a_terminal_gives(number):
+    """The handler pytest has, or a terminal's where the suite was started with the signal ignored (in the
+    background, under nohup): the stops the tests deliver in this process must not be ignored."""
+    handler = signal.getsignal(number)
+    if handler is not signal.SIG_IGN:
+        return handler
+    return signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+
+
+# Before any test module imports a script, whose runs.start() takes them over.
+PYTEST_HANDLERS = {number: handler_as_a_terminal_gives(number) for number in runs.STOP_SIGNALS}
 
 
 @pytest.fixture(autouse=True)

@@ -119,13 +119,14 @@ def make_images(folder, counts, size=(40, 30), seed=0):
 
 
 
-def run_in_process(script, *args, cwd, constants=None):
+def run_in_process(script, *args, cwd, constants=None, stdout=None):
     """Run script with args in this process, in folder cwd, as `python script args` would run:
     its exit code, stdout and stderr. constants, if given, replace the script's top-of-file
     constants, as a user edits them; the run then calls main() as the script's end does. A stop
-    ends the run with 128 + the signal's number instead of ending this process by the signal."""
+    ends the run with 128 + the signal's number instead of ending this process by the signal.
+    stdout, if given, is the text stream the script writes to."""
     import keras
-    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    stdout, stderr, returncode = stdout or io.StringIO(), io.StringIO(), 0
     saved_argv, saved_cwd = sys.argv, os.getcwd()
     saved_handlers = {number: signal.getsignal(number) for number in runs.STOP_SIGNALS}
     sys.argv = [str(REPO / script), *map(str, args)]

@@ -37,8 +37,8 @@ def folder(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("script, delay, stop", zip(SCRIPTS, [0.2, 0.4, 0.6, 0.8, 1.0, 1.2], [
-    "SIGINT", "SIGINT", "SIGTERM", "SIGHUP", "SIGINT", "SIGTERM"]))
+@pytest.mark.parametrize("script, delay, stop", list(zip(SCRIPTS, [0.2, 0.4, 0.6, 0.8, 1.0, 1.2], [
+    "SIGINT", "SIGINT", "SIGTERM", "SIGHUP", "SIGINT", "SIGTERM"])))
 def test_a_stop_in_the_first_second_is_one_line_and_ends_the_process_by_its_signal(script, delay, stop, folder):
     """While Python loads TensorFlow and the other modules, before the script's own work."""
     stop = STOPS.get(stop, signal.SIGTERM)  # no SIGHUP on Windows

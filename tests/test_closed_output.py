@@ -1,0 +1,75 @@
+"""Output that can no longer be written, and hang-ups a run was told to ignore: a training run goes on
+and saves every epoch; --predict and --check-labels into a closed pipe end quietly, as `| head` expects."""
+
+import errno
+import io
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, make_images, run_in_process, saved_epoch
+
+POSIX_ONLY = pytest.mark.skipif(os.name == "nt", reason="no SIGHUP or SIGPIPE on Windows")
+
+
+class PipeClosedAfter(io.StringIO):
+    """Standard output piped into `head -n lines`: a broken pipe once head has its lines and ends."""
+
+    def __init__(self, lines):
+        super().__init__()
+        self.lines = lines
+
+    def write(self, text):
+        if self.getvalue().count("\n") >= self.lines:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        return super().write(text)
+
+
+@POSIX_ONLY
+@pytest.mark.parametrize("script, arguments", [
+    ("FirstModel.py", ["--predict", "validation", "--model-file", "first.h5"]),
+    ("SVMModel.py", ["--check-labels", "--train-dir", "train"]),
+])
+def test_a_pipe_closed_by_its_reader_ends_predict_and_check_labels_quietly(script, arguments, small_dataset,
+                                                                             tmp_path):
+    if script == "FirstModel.py":  # a model to predict with
+        trained = run_in_process(script, "--train-dir", "train", "--validation-dir", "validation", "--epochs", 1,
+                                 "--image-size", 32, "--log-dir", "logs", "--model-file", "first.h5", cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr
+    result = run_in_process(script, *arguments, cwd=tmp_path, stdout=PipeClosedAfter(1))
+    assert result.returncode == 128 + signal.SIGPIPE  # ended by SIGPIPE, as `yes | head` ends
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) == 1
+
+
+@POSIX_ONLY
+def test_under_nohup_a_hang_up_and_a_closed_pipe_do_not_stop_training(tmp_path):
+    """`nohup python FirstModel.py | tee log`, then the terminal closed: tee ends by its SIGHUP, the run's output
+    can no longer be written, and the run, told to ignore SIGHUP, trains on and saves every epoch."""
+    make_images(tmp_path / "train", {"apple": 8, "berry": 8}, seed=1)
+    make_images(tmp_path / "validation", {"apple": 2, "berry": 2}, seed=2)
+
+    def as_nohup_starts_it():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "FirstModel.py"), "--train-dir", "train", "--validation-dir", "validation",
+             "--epochs", "4", "--batch-size", "1", "--image-size", "32", "--log-dir", "logs", "--model-file",
+             "model.h5"],
+            cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=as_nohup_starts_it,
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
+        for line in process.stdout:
+            if line.startswith("Epoch 1/"):
+                break
+        process.stdout.close()  # tee has ended
+        process.send_signal(signal.SIGHUP)  # the terminal closed
+        assert process.wait(timeout=300) == 0
+    assert (tmp_path / "stderr.txt").read_text() == ""
+    assert saved_epoch(tmp_path / "model.last.h5") == 4
+    assert not (tmp_path / "model.checkpoint.h5").exists()
