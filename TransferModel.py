@@ -17,6 +17,7 @@ or $KERAS_HOME/models); offline, --weights names a copy. Edit the constants belo
 import argparse
 import os
 import sys
+import tempfile
 import time
 import warnings
 
@@ -40,12 +41,14 @@ MODEL_FILE = "TransferModel.h5"
 
 # The pretrained network: MobileNetV2 (9 MB, fast on a CPU, TensorFlow's tutorial's), VGG16 (the
 # blog post's, 58 MB) or EfficientNetB0 (16 MB). Each: its keras.applications module, whose
-# preprocess_input the network receives, and the first layer of its last block, the one stage 2 trains.
+# preprocess_input the network receives, the first layer of its last block, the one stage 2 trains,
+# and the name of the weights file Keras downloads (MobileNetV2 has one per size).
 BACKBONE = "MobileNetV2"
 BACKBONES = {
-    "MobileNetV2": ("mobilenet_v2", "block_16_expand"),
-    "VGG16": ("vgg16", "block5_conv1"),
-    "EfficientNetB0": ("efficientnet", "block7a_expand_conv"),
+    "MobileNetV2": ("mobilenet_v2", "block_16_expand",
+                    "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{}_no_top.h5"),
+    "VGG16": ("vgg16", "block5_conv1", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "EfficientNetB0": ("efficientnet", "block7a_expand_conv", "efficientnetb0_notop.h5"),
 }
 WEIGHTS = None  # None: Keras' ImageNet weights, downloaded once; or the path of a copy (--weights)
 
@@ -131,11 +134,27 @@ def parse_args():
     return args
 
 
+def keras_cache():
+    """The folder Keras reads its downloads from, found as Keras 3 finds it: $KERAS_HOME if set (even
+    empty) or ~/.keras, and .keras in the temporary folder where that cannot be written."""
+    home = os.path.expanduser("~")
+    home = os.environ["KERAS_HOME"] if "KERAS_HOME" in os.environ else os.path.join(
+        home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    if not os.access(os.path.expanduser(home), os.W_OK):
+        home = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def weights_file_name(image_size):
+    """The file Keras keeps the backbone's weights in, for this --image-size."""
+    # Keras has MobileNetV2 files for these sizes, and takes the 224 one for the others.
+    return BACKBONES[BACKBONE][2].format(image_size if image_size in (96, 128, 160, 192, 224) else 224)
+
+
 def load_base(image_size, weights_file):
     """The backbone's convolutional base, without its classifier, with ImageNet weights: Keras'
     (downloaded into its cache on first use) or weights_file's. One line when they cannot be had."""
-    cache = os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
-                         "models")
+    cache = keras_cache()
     if weights_file and not os.path.isfile(weights_file):
         raise runs.DataError(f"--weights '{weights_file}' is not a file")
     try:
@@ -152,10 +171,11 @@ def load_base(image_size, weights_file):
             raise runs.DataError(
                 f"cannot download {BACKBONE}'s ImageNet weights ({reason}): fetch {address} on a machine "
                 f"with internet access and put it in '{cache}', or name a copy with --weights FILE") from None
-        source = f"'{weights_file}'" if weights_file else f"the {BACKBONE} file in '{cache}'"
+        source = weights_file or os.path.join(cache, weights_file_name(image_size))
+        advice = "" if weights_file else ": delete it (Keras downloads it again) or put a whole copy in its place"
         raise runs.DataError(
-            f"{source} does not hold {BACKBONE}'s ImageNet weights without its top at this --image-size "
-            f"({type(error).__name__}: {message[:200]}); download it again, or name another with --weights") from None
+            f"'{source}' does not hold {BACKBONE}'s ImageNet weights without its top at this --image-size "
+            f"({type(error).__name__}: {message[:200]}){advice}; or name another file with --weights") from None
 
 
 def preprocessing_layer():

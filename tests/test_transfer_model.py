@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -80,6 +81,32 @@ def test_offline_the_first_run_names_the_file_its_address_and_the_folder(tmp_pat
             "or name a copy with --weights FILE") in lines[-1]
     assert len(lines) == 1 and f"Downloading data from {ADDRESS}" in result.stdout  # Keras says so first
     assert not list(tmp_path.glob("*.h5")) and not (empty_home / "models" / MOBILENET_WEIGHTS).exists()
+
+    # A download cut short where the line said, for another --image-size: Keras reads it (it checks no hash for
+    # this file), and the line names the very file to delete.
+    cut_short = empty_home / "models" / MOBILENET_WEIGHTS.replace("_224_", "_160_")
+    cut_short.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(1000))
+    result = run_fresh("--image-size", 160, cwd=tmp_path, keras_home=empty_home)
+    assert_one_line_error(result, f"TransferModel.py: error: '{cut_short}' does not hold MobileNetV2's ImageNet "
+                                  "weights without its top at this --image-size (", "): delete it (Keras downloads "
+                                  "it again) or put a whole copy in its place; or name another file with --weights")
+
+
+def test_the_cache_named_is_the_folder_keras_reads(monkeypatch, tmp_path):
+    """KERAS_HOME set but empty (a variable that expanded to nothing), a home that cannot be written: Keras falls
+    back on the temporary folder, and so does the line that tells where to put the file."""
+    import TransferModel
+    temporary = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras", "models")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert TransferModel.keras_cache() == str(tmp_path / "models")
+    monkeypatch.setenv("KERAS_HOME", "")
+    assert TransferModel.keras_cache() == temporary
+    monkeypatch.delenv("KERAS_HOME")
+    for variable in ("HOME", "USERPROFILE"):  # not there: not writable
+        monkeypatch.setenv(variable, str(tmp_path / "home"))
+    assert TransferModel.keras_cache() == temporary
+    assert TransferModel.weights_file_name(160) == MOBILENET_WEIGHTS.replace("_224_", "_160_")
+    assert TransferModel.weights_file_name(32) == MOBILENET_WEIGHTS
 
 
 def test_weights_that_do_not_fit_are_one_line(colours, tmp_path):
