@@ -19,6 +19,7 @@ _held_stops = None  # a list while a file that must be whole is being written
 _lock_file = None
 _stderr = None  # the real standard error, while TensorFlow's start-up lines are caught
 _output_gone = False  # standard output or error can no longer be written: a closed pipe or terminal
+_no_gpu_driver = False  # TensorFlow said it found no CUDA driver
 
 
 class DataError(Exception):
@@ -48,10 +49,12 @@ _START_UP_LINE = re.compile(r"WARNING: All log messages before absl::InitializeL
 
 
 def without_start_up_lines(text):
-    """text less TensorFlow's start-up lines, and its failed cuInit if no CUDA driver was found (then no GPU)."""
-    no_gpu_driver = "Could not find cuda drivers" in text
+    """text less TensorFlow's start-up lines, and its failed cuInit once it said no CUDA driver was found (then no
+    GPU), in this text or earlier: TensorFlow says the one as it loads, the other when first asked for a GPU."""
+    global _no_gpu_driver
+    _no_gpu_driver = _no_gpu_driver or "Could not find cuda drivers" in text
     return "".join(line for line in text.splitlines(keepends=True) if not _START_UP_LINE.match(line)
-                   and not (no_gpu_driver and "failed call to cuInit" in line))
+                   and not (_no_gpu_driver and "failed call to cuInit" in line))
 
 
 @contextlib.contextmanager
@@ -98,9 +101,9 @@ class _Output:
                 return write()
             except OSError:  # a broken pipe; a closed terminal's input/output error
                 _output_gone = True
-                if _lock_file is None and hasattr(signal, "SIGPIPE"):  # no training run to save
-                    end_by_signal(signal.SIGPIPE)
-                if _lock_file is None:
+                if _lock_file is None:  # no training run to save: the end a closed pipe gives
+                    if hasattr(signal, "SIGPIPE"):
+                        end_by_signal(getattr(signal, "SIGPIPE"))
                     os._exit(1)  # Windows: no SIGPIPE
 
     def __getattr__(self, name):

@@ -294,8 +294,12 @@ def load_run(model_file, initial_epoch, settings, compile_model, checkpoint):
     if recorded != initial_epoch:
         raise DataError(f"cannot resume '{model_file}' after epoch {initial_epoch}: '{last_file}' holds the model "
                         f"after epoch {recorded}; use --initial-epoch {recorded}")
-    # Other hyperparameters may go on; not another script's network, other classes or images, another split.
-    kept = ("script", "classes", "image_size", "validation_split") + ("seed",) * bool(settings["validation_split"])
+    if then.get("script") != settings["script"]:
+        raise DataError(f"cannot resume '{last_file}': it was made by {then.get('script')}.py, not "
+                        f"{settings['script']}.py; resume it with python {then.get('script')}.py, or name another "
+                        "with --model-file")
+    # Other hyperparameters may go on; not other classes or images, another split.
+    kept = ("classes", "image_size", "validation_split") + ("seed",) * bool(settings["validation_split"])
     differing = differences(then, settings, kept)
     if differing:
         raise DataError(f"cannot resume '{last_file}': it was trained with other settings ({differing}); resume it "
