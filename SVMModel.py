@@ -172,14 +172,16 @@ def predict(model_file, path):
         print(f"{runs.readable_text(path)}\t{class_names[predicted]}\t{row[predicted]:.4f}")
 
 
-def cross_validation_folds(labels, class_names, train_dir, seed):
-    """CV_FOLDS stratified folds, fewer if a class has fewer images; at least 2 per class."""
+def cross_validation_folds(labels, class_names, train_dir, seed, fraction=None):
+    """CV_FOLDS stratified folds, fewer if a class has fewer images; at least 2 per class (with fraction, of those
+    --validation-split leaves to train on)."""
     class_counts = np.bincount(labels, minlength=len(class_names))
     if class_counts.min() < 2:
-        smallest = class_names[int(class_counts.argmin())]
-        raise runs.DataError(
-            f"training class folder '{os.path.join(train_dir, smallest)}' has "
-            f"{class_counts.min()} readable image: cross-validation needs at least 2 per class")
+        folder = os.path.join(train_dir, class_names[int(class_counts.argmin())])
+        held = (f"holds {len(photos.list_images(folder))} images, of which --validation-split {fraction} leaves "
+                f"{class_counts.min()} to train on" if fraction else f"has {class_counts.min()} readable image")
+        raise runs.DataError(f"training class folder '{folder}' {held}: cross-validation needs at least 2 per class; "
+                             "add images" + (", or hold out a smaller fraction" if fraction else ""))
     return StratifiedKFold(n_splits=min(CV_FOLDS, class_counts.min()), shuffle=True, random_state=seed)
 
 
@@ -244,7 +246,7 @@ def main():
         f"{values.shape[1]} {kind}" for kind, values in train_kinds.items()))
 
     # Choose C and gamma by cross-validation on the training images only.
-    folds = cross_validation_folds(train_labels, class_names, args.train_dir, args.seed)
+    folds = cross_validation_folds(train_labels, class_names, args.train_dir, args.seed, args.validation_split)
     search = fit_svm(train_kinds, train_labels, folds)
     model = search.best_estimator_  # refitted on all the training images
     # Probabilities for --predict: the chosen SVM's scores calibrated on the same folds

@@ -224,11 +224,15 @@ def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
                                     .digest()[:8], "big") / 2 ** 64 for group, key in group_keys.items()}
     validation = np.array([scores[group] < fraction for group in groups], dtype=bool)
     for index, class_name in enumerate(class_names):
-        sides = validation[labels == index]
+        sides, folder = validation[labels == index], os.path.join(data_dir, class_name)
+        if len(set(groups[labels == index])) == 1 and len(sides) > 1:
+            raise DataError(f"--validation-split cannot split '{folder}': its {len(sides)} readable photos are all "
+                            "near-duplicates of each other (frames of a still camera?), kept together on one side; "
+                            "add photos that differ, or give validation photos of their own with --validation-dir")
         if sides.all() or not sides.any():
             raise DataError(f"--validation-split {fraction} leaves no {'training' if sides.all() else 'validation'} "
-                            f"image in '{os.path.join(data_dir, class_name)}' ({len(sides)} readable): add "
-                            "images, or choose another fraction or --seed")
+                            f"image in '{folder}' ({len(sides)} readable): add images, or choose another fraction or "
+                            "--seed")
     return validation
 
 

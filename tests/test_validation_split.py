@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import photos
+import runs
 from helpers import MOBILENET_WEIGHTS, REPO, assert_one_line_error, make_images, run_in_process, stderr_lines
 
 CLASS_NAMES = ["apple", "berry"]
@@ -220,6 +221,27 @@ def test_a_class_left_without_validation_images_is_a_one_line_error(tmp_path):
     result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-split", 0.05, cwd=tmp_path)
     assert_one_line_error(result, "--validation-split 0.05 leaves no validation image in", "choose another fraction")
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_class_of_near_duplicates_alone_cannot_be_split_and_says_so(tmp_path):
+    """Frames of a still camera: another fraction or --seed can never split them, and the line does not say it can."""
+    train_dir = make_images(tmp_path / "photos", {"apple": 6, "berry": 1}, seed=1)
+    frame = train_dir / "berry" / "berry_000.png"
+    for number in range(1, 6):
+        shutil.copy(frame, train_dir / "berry" / f"frame_{number}.png")
+    result = run_in_process("SVMModel.py", "--train-dir", train_dir, "--validation-split", 0.3, cwd=tmp_path)
+    assert_one_line_error(result, f"--validation-split cannot split '{train_dir / 'berry'}': its 6 readable photos "
+                                  "are all near-duplicates of each other", "--validation-dir")
+
+
+def test_a_split_that_leaves_the_svm_too_few_counts_the_folder_and_what_is_left(tmp_path):
+    import SVMModel
+    train_dir = make_images(tmp_path / "photos", {"apple": 4, "berry": 3}, seed=1)
+    with pytest.raises(runs.DataError) as refused:
+        SVMModel.cross_validation_folds(np.array([0, 0, 0, 1]), CLASS_NAMES, str(train_dir), 1, 0.5)
+    assert str(refused.value) == (f"training class folder '{train_dir / 'berry'}' holds 3 images, of which "
+                                  "--validation-split 0.5 leaves 1 to train on: cross-validation needs at least 2 per "
+                                  "class; add images, or hold out a smaller fraction")
 
 
 
