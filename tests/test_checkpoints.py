@@ -271,3 +271,33 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
     refused = run_in_process("FirstModel.py", *more, cwd=tmp_path)
     assert_one_line_error(refused, "(classes 'apple, cherry' then, 'apple, berry' now)")
     assert saved_epoch(tmp_path / "model.last.h5") == 3 and "Epoch" not in refused.stdout
+
+
+def test_a_stop_between_transfer_models_stages_keeps_stage_1_and_the_same_command_goes_on(keras_home, small_dataset,
+                                                                                           tmp_path, monkeypatch):
+    """SIGTERM after stage 1's last epoch, as stage 2 is set up: one line, the 30 epochs and the classifier's
+    optimizer state kept, and the same command starts stage 2 at once."""
+    training_batches = training.training_batches
+
+    def sigterm_at_the_seam(*args, **kwargs):  # stage 2's batches are made first thing
+        signal.raise_signal(signal.SIGTERM)
+        return training_batches(*args, **kwargs)
+
+    train_dir, validation_dir = small_dataset
+    arguments = ["TransferModel.py", "--train-dir", train_dir, "--validation-dir", validation_dir, "--image-size", 32,
+                 "--batch-size", 4, "--epochs", 31, "--weights", keras_home / "models" / MOBILENET_WEIGHTS,
+                 "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "model.h5"]
+    monkeypatch.setattr(training, "training_batches", sigterm_at_the_seam)
+    stopped = run_in_process(*arguments, cwd=tmp_path)
+    monkeypatch.undo()
+    checkpoint = tmp_path / "model.checkpoint.h5"
+    assert_stopped_in_one_line(stopped, signal.SIGTERM, f"TransferModel.py: interrupted (SIGTERM); the run is saved "
+                                                        f"after epoch 30 in {checkpoint}: the same command goes on "
+                                                        "at epoch 31")
+    with h5py.File(checkpoint, "r") as saved:
+        assert json.loads(saved.attrs["run"])["trained"] == "classifier" and len(saved["optimizer"]) > 0
+    resumed = run_in_process(*arguments, cwd=tmp_path)
+    assert resumed.returncode == 0 and stderr_lines(resumed) == [], resumed.stderr
+    assert "Going on from epoch 30 of an unfinished run" in resumed.stdout and "features of" not in resumed.stdout
+    assert re.findall(r"^Epoch (\d+)/", resumed.stdout, re.MULTILINE) == ["31"]
+    assert saved_epoch(tmp_path / "model.last.h5") == 31 and not checkpoint.exists()
