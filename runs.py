@@ -20,6 +20,7 @@ _lock_file = None
 _stderr = None  # the real standard error, while TensorFlow's start-up lines are caught
 _output_gone = False  # standard output or error can no longer be written: a closed pipe or terminal
 _no_gpu_driver = False  # TensorFlow said it found no CUDA driver
+_stopping = False  # a stop signal is being acted on
 
 
 class DataError(Exception):
@@ -28,8 +29,8 @@ class DataError(Exception):
 
 def start(script):
     """Stops handled, file names that are not text printable, TensorFlow loaded without its start-up lines."""
-    global _script, _said_on_stop, _output_gone
-    _script, _said_on_stop, _output_gone = script, "nothing saved", False
+    global _script, _said_on_stop, _output_gone, _stopping
+    _script, _said_on_stop, _output_gone, _stopping = script, "nothing saved", False, False
     sys.stdout, sys.stderr = _Output(sys.stdout), _Output(sys.stderr)
     for number in STOP_SIGNALS:
         if signal.getsignal(number) is not signal.SIG_IGN:  # left ignored where ignored: nohup's SIGHUP
@@ -101,7 +102,7 @@ class _Output:
                 return write()
             except OSError:  # a broken pipe; a closed terminal's input/output error
                 _output_gone = True
-                if _lock_file is None:  # no training run to save: the end a closed pipe gives
+                if _lock_file is None and not _stopping:  # no training run to save: the end a closed pipe gives
                     if hasattr(signal, "SIGPIPE"):
                         end_by_signal(getattr(signal, "SIGPIPE"))
                     os._exit(1)  # Windows: no SIGPIPE
@@ -119,9 +120,11 @@ def on_stop(message):
 
 
 def _stop(signal_number, frame):
+    global _stopping
     if _held_stops is not None:  # acted on once the file being written is whole
         _held_stops.append(signal_number)
         return
+    _stopping = True  # where the line below cannot be written (a closed terminal), the end is still the signal's
     name = "Ctrl-C" if signal_number == signal.SIGINT else signal.Signals(signal_number).name
     with contextlib.suppress(OSError, ValueError):  # a closed terminal or pipe: the line goes nowhere
         if _stderr is not None:  # TensorFlow is starting: its lines are caught, not the stop's

@@ -75,14 +75,19 @@ def test_going_on_with_another_script_classes_or_image_size_is_a_clear_error(sma
     model = keras.Sequential([keras.Input(shape=(32, 32, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="adadelta", loss="categorical_crossentropy")
-    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4, settings={
-        "script": "FirstModel", "classes": "apple, berry", "image_size": 32, "validation_split": 0.0})
+    settings = {"script": "FirstModel", "classes": "apple, berry", "image_size": 32, "validation_split": 0.0}
+    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4, settings=settings)
+    result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6)
+    assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it was made by FirstModel.py, not "
+                                  "SecondModel.py; resume it with python FirstModel.py, or name another with "
+                                  "--model-file")
+    save_model(model, tmp_path / "second.h5", ["apple", "berry"], 4, settings={**settings, "script": "SecondModel"})
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6, "--image-size", 40)
     assert_one_line_error(result, f"cannot resume '{tmp_path / 'second.last.h5'}': it was trained with other "
-                                  "settings (image_size 32 then, 40 now; script 'FirstModel' then, 'SecondModel' now); "
-                                  "resume it with its own, or name another with --model-file")
+                                  "settings (image_size 32 then, 40 now); resume it with its own, or name another "
+                                  "with --model-file")
     for folder in small_dataset:
         (folder / "berry").rename(folder / "cherry")
     result = train_second_model(small_dataset, tmp_path, "--initial-epoch", 4, "--epochs", 6)
-    assert_one_line_error(result, "(classes 'apple, berry' then, 'apple, cherry' now; script 'FirstModel' then, ")
+    assert_one_line_error(result, "(classes 'apple, berry' then, 'apple, cherry' now)")
     assert "Epoch" not in result.stdout

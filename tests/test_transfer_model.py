@@ -154,7 +154,7 @@ def test_each_backbone_gets_its_own_preprocess_input(backbone, monkeypatch):
     import TransferModel
 
     monkeypatch.setattr(TransferModel, "BACKBONE", backbone)
-    module, last_block = TransferModel.BACKBONES[backbone]
+    module, last_block, _ = TransferModel.BACKBONES[backbone]
     base = getattr(keras.applications, backbone)(input_shape=(32, 32, 3), include_top=False, weights=None,
                                                  name="base")
     model = TransferModel.build_model(base, 3)
