@@ -31,7 +31,7 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import confusion_matrix
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -172,9 +172,10 @@ def predict(model_file, path):
         print(f"{runs.readable_text(path)}\t{class_names[predicted]}\t{row[predicted]:.4f}")
 
 
-def cross_validation_folds(labels, class_names, train_dir, seed, fraction=None):
-    """CV_FOLDS stratified folds, fewer if a class has fewer images; at least 2 per class (with fraction, of those
-    --validation-split leaves to train on)."""
+def cross_validation_folds(labels, groups, class_names, train_dir, seed, fraction=None):
+    """CV_FOLDS stratified folds, fewer if a class has fewer images, each group of near-duplicates in one fold (a copy
+    in another would flatter the settings chosen); at least 2 per class (with fraction, of those --validation-split
+    leaves to train on). A list of (training, held-out) indices."""
     class_counts = np.bincount(labels, minlength=len(class_names))
     if class_counts.min() < 2:
         folder = os.path.join(train_dir, class_names[int(class_counts.argmin())])
@@ -182,7 +183,13 @@ def cross_validation_folds(labels, class_names, train_dir, seed, fraction=None):
                 f"{class_counts.min()} to train on" if fraction else f"has {class_counts.min()} readable image")
         raise runs.DataError(f"training class folder '{folder}' {held}: cross-validation needs at least 2 per class; "
                              "add images" + (", or hold out a smaller fraction" if fraction else ""))
-    return StratifiedKFold(n_splits=min(CV_FOLDS, class_counts.min()), shuffle=True, random_state=seed)
+    class_groups = [len(set(groups[labels == index])) for index in range(len(class_names))]
+    if min(class_groups) < 2:
+        folder = os.path.join(train_dir, class_names[int(np.argmin(class_groups))])
+        raise runs.DataError(f"the training photos of '{folder}' are all near-duplicates of each other: "
+                             "cross-validation needs at least 2 that differ per class; add photos that differ")
+    folds = StratifiedGroupKFold(n_splits=min(CV_FOLDS, *class_groups), shuffle=True, random_state=seed)
+    return list(folds.split(labels, labels, groups))
 
 
 def fit_svm(kinds, labels, folds):
@@ -190,7 +197,7 @@ def fit_svm(kinds, labels, folds):
     pipeline = make_pipeline(feature_columns(kinds), SVC(kernel="rbf", class_weight=CLASS_WEIGHT))
     search = GridSearchCV(pipeline, {"svc__C": C_GRID, "svc__gamma": GAMMA_GRID}, cv=folds)
     search.fit(np.hstack(list(kinds.values())), labels)
-    print(f"Best of {len(C_GRID) * len(GAMMA_GRID)} settings by {folds.n_splits}-fold cross-validation: "
+    print(f"Best of {len(C_GRID) * len(GAMMA_GRID)} settings by {len(folds)}-fold cross-validation: "
           f"C {search.best_params_['svc__C']}, gamma {search.best_params_['svc__gamma']} "
           f"(cross-validation accuracy {search.best_score_:.4f})")
     return search
@@ -202,7 +209,8 @@ def check_labels(args):
     images, labels, paths = photos.read_image_folder(args.train_dir, class_names, FEATURES["image_size"],
                                                      "training")
     kinds = features(images, FEATURES)
-    folds = cross_validation_folds(labels, class_names, args.train_dir, args.seed)
+    groups = photos.near_duplicate_groups(photos.perceptual_hashes(images))
+    folds = cross_validation_folds(labels, groups, class_names, args.train_dir, args.seed)
     if np.bincount(labels).min() < 3:
         raise runs.DataError(f"'{args.train_dir}' has a class of 2 readable images: "
                              "--check-labels needs at least 3 per class")
@@ -234,9 +242,9 @@ def main():
 
     # The same images as the CNNs get, read and split the same way, at the size the features need.
     started = time.perf_counter()
-    (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
-        photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names,
-                                            FEATURES["image_size"], args.validation_split, args.seed))
+    (train_images, train_labels, train_groups), (validation_images, validation_labels, validation_names), \
+        run_files = photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names,
+                                                        FEATURES["image_size"], args.validation_split, args.seed)
     print(f"Read {len(train_images) + len(validation_images)} images in "
           f"{time.perf_counter() - started:.1f} s")
     train_kinds = features(train_images, FEATURES)
@@ -246,7 +254,8 @@ def main():
         f"{values.shape[1]} {kind}" for kind, values in train_kinds.items()))
 
     # Choose C and gamma by cross-validation on the training images only.
-    folds = cross_validation_folds(train_labels, class_names, args.train_dir, args.seed, args.validation_split)
+    folds = cross_validation_folds(train_labels, train_groups, class_names, args.train_dir, args.seed,
+                                   args.validation_split)
     search = fit_svm(train_kinds, train_labels, folds)
     model = search.best_estimator_  # refitted on all the training images
     # Probabilities for --predict: the chosen SVM's scores calibrated on the same folds

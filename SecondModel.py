@@ -238,7 +238,7 @@ def main():
         # Not augmented; validation images come in a fixed order so that val_loss compares
         # epoch to epoch.
         started = time.perf_counter()
-        (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
+        (train_images, train_labels, _), (validation_images, validation_labels, validation_names), run_files = (
             photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names, args.image_size,
                                                 args.validation_split, args.seed))
         print(f"Read {len(train_images) + len(validation_images)} images in {time.perf_counter() - started:.1f} s")

@@ -317,7 +317,7 @@ def main():
             checkpoint.restore(trained)
             print(f"Going on from epoch {checkpoint.epoch} of an unfinished run ({checkpoint.path})")
 
-        (train_images, train_labels), (validation_images, validation_labels, validation_names), run_files = (
+        (train_images, train_labels, _), (validation_images, validation_labels, validation_names), run_files = (
             photos.read_training_and_validation(args.train_dir, args.validation_dir, class_names, args.image_size,
                                                 args.validation_split, args.seed))
         validation_batches = training.validation_batches(validation_images, validation_labels, len(class_names),

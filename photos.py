@@ -236,52 +236,65 @@ def held_out(data_dir, paths, labels, groups, class_names, fraction, seed):
     return validation
 
 
+def near_duplicate_groups(hashes):
+    """Each image's group of near-duplicates, joined transitively: a group number per image."""
+    first, second = np.array(near_duplicates(hashes), dtype=np.int64).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(hashes),) * 2)
+    return connected_components(graph, directed=False)[1]
+
+
 def read_training_and_validation(train_dir, validation_dir, class_names, image_size, fraction, seed):
-    """(images, labels) to train on, (images, labels, names) to validate on, the run folder's files."""
+    """(images, labels, near-duplicate groups) to train on, (images, labels, names) to validate on, the run
+    folder's files."""
     images, labels, paths = read_image_folder(train_dir, class_names, image_size, "training")
     hashes = perceptual_hashes(images)
-    index_pairs = near_duplicates(hashes)
-    pairs = [(paths[i], labels[i], paths[j], labels[j]) for i, j in index_pairs]
     if fraction is None:
         validation_images, validation_labels, validation_paths = read_image_folder(
             validation_dir, class_names, image_size, "validation")
-        across = [(validation_paths[i], validation_labels[i], paths[j], labels[j])
-                  for i, j in near_duplicates(perceptual_hashes(validation_images), hashes)]
-        if across:
-            warn(f"validation images that are near-duplicates of training images: {len({pair[0] for pair in across})}, "
-                 "so val_accuracy flatters the model; move each to the side of its pair, or remove it (the list is "
-                 f"also in near_duplicates.tsv in the TensorBoard run):\n"
-                 f"{first_lines(near_duplicate_table(across, class_names))}")
-        pairs = across + [pair for pair in pairs if pair[1] != pair[3]]
-        train = images, labels
+        # Both folders' photos in groups: a group on both sides flatters val_accuracy.
+        groups = near_duplicate_groups(np.concatenate([hashes, perceptual_hashes(validation_images)]))
+        paths, all_labels = paths + validation_paths, np.concatenate([labels, validation_labels])
+        side = np.arange(len(paths)) >= len(images)
+        train = images, labels, groups[:len(images)]
         names = [os.path.relpath(path, validation_dir) for path in validation_paths]
         run_files = {}
     else:
-        # Each image's group: near-duplicates joined, transitively.
-        first, second = np.array(index_pairs, dtype=np.int64).reshape(-1, 2).T
-        graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(paths),) * 2)
-        groups = connected_components(graph, directed=False)[1]
+        groups, all_labels = near_duplicate_groups(hashes), labels
         side = held_out(train_dir, paths, labels, groups, class_names, fraction, seed)
-        train, validation_images, validation_labels = (images[~side], labels[~side]), images[side], labels[side]
+        train, validation_images, validation_labels = (images[~side], labels[~side], groups[~side]), images[side], \
+            labels[side]
         names = [os.path.relpath(path, train_dir) for path, held in zip(paths, side) if held]
         run_files = {"validation_files.txt": "\n".join(readable_text(name) for name in names)}
+    # Each group of two or more, listed once (a list of pairs grows with the square of a group's size).
+    order = np.argsort(groups, kind="stable")
+    members = [group for group in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1) if len(group) > 1]
+    across = [group for group in members if 0 < side[group].sum() < len(group)]
+    mixed = [group for group in members if len(set(all_labels[group])) > 1]
+
+    def table(chosen):  # groups numbered as in near_duplicates.tsv
+        numbers = {id(group): number for number, group in enumerate(listed, 1)}
+        return ["group\tpath\tclass\tside"] + [
+            f"{numbers[id(group)]}\t{readable_text(paths[index])}\t{class_names[all_labels[index]]}\t"
+            f"{'validation' if side[index] else 'training'}" for group in chosen for index in group]
+
+    listed = members if fraction is not None else [group for group in members if any(
+        group is other for other in across + mixed)]
+
+    if fraction is None and across:
+        copies = sum(side[group].sum() for group in across)
+        warn(f"validation images that are near-duplicates of training images: {copies}, so val_accuracy flatters "
+             "the model; move each to the side of its group, or remove it (the list is also in near_duplicates.tsv in "
+             f"the TensorBoard run):\n{first_lines(table(across))}")
+    elif fraction is not None:
         held, left = (dict(zip(class_names, np.bincount(of, minlength=len(class_names)).tolist()))
                       for of in (validation_labels, train[1]))
         print(f"Held out for validation: {held}; left to train on: {left}; groups of near-duplicates, each kept on one "
-              f"side (near_duplicates.tsv in the TensorBoard run): {np.sum(np.bincount(groups) > 1)}", flush=True)
-    mixed = [pair for pair in pairs if pair[1] != pair[3]]
+              f"side (near_duplicates.tsv in the TensorBoard run): {len(members)}", flush=True)
     if mixed:
-        warn(f"pairs of near-duplicate images in different classes: {len(mixed)}; one label of each pair is wrong, or "
-             f"the classes are too alike to tell apart:\n{first_lines(near_duplicate_table(mixed, class_names))}")
+        warn(f"groups of near-duplicate images in different classes: {len(mixed)}; one label in each is wrong, or the "
+             f"classes are too alike to tell apart:\n{first_lines(table(mixed))}")
     return train, (validation_images, validation_labels, names), {
-        **run_files, "near_duplicates.tsv": "\n".join(near_duplicate_table(pairs, class_names))}
-
-
-def near_duplicate_table(pairs, class_names):
-    """Lines of a table, a tab-separated one per pair (path, label, its near-duplicate's path, label)."""
-    return (["path\tclass\tnear-duplicate\tits class"] + [
-        f"{readable_text(path)}\t{class_names[label]}\t{readable_text(other)}\t{class_names[other_label]}"
-        for path, label, other, other_label in pairs])
+        **run_files, "near_duplicates.tsv": "\n".join(table(listed))}
 
 
 def first_lines(lines, limit=20):

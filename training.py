@@ -13,7 +13,7 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
 import photos
@@ -55,11 +55,14 @@ def label_check_folds(train_dir, image_size, seed, folds):
     """--check-labels' reading: (images, labels, paths, class names, [(trained on, held out)] of stratified folds)."""
     class_names, _ = photos.check_image_folder(train_dir, "training")
     images, labels, paths = photos.read_image_folder(train_dir, class_names, image_size, "training")
-    folds = min(folds, np.bincount(labels).min())
+    # Each group of near-duplicates in one fold: a copy in another would vouch for a wrong label the group shares.
+    groups = photos.near_duplicate_groups(photos.perceptual_hashes(images))
+    folds = min(folds, *(len(set(groups[labels == index])) for index in range(len(class_names))))
     if folds < 2:
-        raise DataError(f"'{train_dir}' has a class of 1 readable image: --check-labels needs at least 2 per class")
-    return images, labels, paths, class_names, list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(
-        images, labels))
+        raise DataError(f"'{train_dir}' has a class of 1 readable image, or of near-duplicates only: --check-labels "
+                        "needs at least 2 photos that differ per class")
+    return images, labels, paths, class_names, list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(
+        images, labels, groups))
 
 
 # Batches: the images stay in memory as uint8; augmentation runs on them inside tf.data.
@@ -322,7 +325,7 @@ def probabilities(model, images):
 
 
 def predict(model_file, path):
-    """(paths, predicted classes, their probabilities) of the images at path, by the model in model_file (.h5, .tflite)."""
+    """(paths, predicted classes, their probabilities) of the images at path, by model_file (.h5 or .tflite)."""
     paths = photos.list_images_to_predict(path)
     if not os.path.isfile(model_file):
         raise DataError(f"no model '{model_file}': train one first, or name one with --model-file")
@@ -452,7 +455,7 @@ def export_litert(model_file, script, train_dir, validation_dir, fraction, seed,
     if folder_classes != class_names:
         raise DataError(f"'{model_file}' classifies {class_names}, but '{train_dir}' holds {folder_classes}: export "
                         "with the folders it was trained on (--train-dir, --validation-dir)")
-    (train_images, _), (images, labels, _), _ = photos.read_training_and_validation(
+    (train_images, _, _), (images, labels, _), _ = photos.read_training_and_validation(
         train_dir, validation_dir, class_names, model.input_shape[1], fraction, seed)
     calibration_images = np.random.default_rng(seed).permutation(train_images)[:calibration_photos]
     files = dict(zip(paths, litert_converted(model, calibration_images)))

@@ -99,3 +99,22 @@ def test_check_labels_finds_planted_wrong_labels_first(script, flags, tmp_path):
         assert 0 <= float(probability) < 0.5
     # Nothing is moved or changed.
     assert {path: path.read_bytes() for path in train_dir.rglob("*") if path.is_file()} == before
+
+
+def test_check_labels_folds_keep_near_duplicates_together(tmp_path):
+    """A copy in another fold would vouch for a wrong label the copies share: each group is held out whole, by the
+    CNNs' folds and by the SVM's cross-validation."""
+    import SVMModel
+    import photos
+    import training
+    train_dir = make_images(tmp_path / "train", {"apple": 8, "berry": 8}, seed=1)
+    for number in range(4):  # one photo filed wrong, with its copies
+        shutil.copy(train_dir / "apple" / "apple_001.jpg", train_dir / "berry" / f"copy_{number}.jpg")
+    images, labels, paths, class_names, folds = training.label_check_folds(train_dir, 32, 1, 5)
+    copies = [index for index, path in enumerate(paths) if "copy_" in path or path.endswith("apple_001.jpg")]
+    assert len(copies) == 5 and len(folds) == 5
+    for _, held_out in folds:
+        assert len(set(copies) & set(held_out)) in (0, 5)
+    groups = photos.near_duplicate_groups(photos.perceptual_hashes(images))
+    for _, held_out in SVMModel.cross_validation_folds(labels, groups, class_names, str(train_dir), 1):
+        assert len(set(copies) & set(held_out)) in (0, 5)

@@ -42,7 +42,7 @@ def plant_copies(photo, folder, prefix):
 
 def split_of(train_dir, fraction=0.25, seed=5):
     """{path within the folder: held out} of train_dir, as the scripts split it."""
-    (_, train_labels), (_, _, names), _ = photos.read_training_and_validation(
+    (_, train_labels, _), (_, _, names), _ = photos.read_training_and_validation(
         str(train_dir), None, CLASS_NAMES, 32, fraction, seed)
     paths = [str(path.relative_to(train_dir)) for path in sorted(train_dir.glob("*/*"))]
     assert len(train_labels) + len(names) == len(paths)
@@ -114,17 +114,19 @@ def test_two_folders_name_planted_near_duplicates_and_the_same_photo_in_two_clas
     warnings = stderr_lines(result)
     assert warnings[0] == ("warning: validation images that are near-duplicates of training images: "
                            f"{len(planted) + 1}, so val_accuracy flatters the model; move each to the side "
-                           "of its pair, or remove it (the list is also in near_duplicates.tsv in the TensorBoard run):")
+                           "of its group, or remove it (the list is also in near_duplicates.tsv in the TensorBoard run):")
+    # A group a line per photo: its number, path, class and side.
+    assert warnings[1:3] == ["group\tpath\tclass\tside", f"1\t{train_dir / 'apple' / stars[0].name}\tapple\ttraining"]
     for name in planted:
-        assert any(line.startswith(f"{validation_dir / 'apple' / name}\tapple\t{train_dir / 'apple'}")
-                   for line in warnings), name
-    mixed = f"{validation_dir / 'berry' / 'same_photo.png'}\tberry\t{train_dir / 'apple' / stars[1].name}\tapple"
-    heading = warnings.index("warning: pairs of near-duplicate images in different classes: 1; one label of each "
-                             "pair is wrong, or the classes are too alike to tell apart:")
-    assert warnings[heading + 1:] == ["path\tclass\tnear-duplicate\tits class", mixed]
+        assert f"{1 if name.startswith('a_') else 2}\t{validation_dir / 'apple' / name}\tapple\tvalidation" in warnings
+    mixed = [f"2\t{train_dir / 'apple' / stars[1].name}\tapple\ttraining",
+             f"2\t{validation_dir / 'berry' / 'same_photo.png'}\tberry\tvalidation"]
+    heading = warnings.index("warning: groups of near-duplicate images in different classes: 1; one label in each is "
+                             "wrong, or the classes are too alike to tell apart:")
+    assert all(line in warnings[heading + 1:] for line in mixed)
     [run_dir] = (tmp_path / "logs").iterdir()
     table = (run_dir / "near_duplicates.tsv").read_text(encoding="utf-8").splitlines()
-    assert len(table) == 1 + len(planted) + 1 and mixed in table
+    assert len(table) == 1 + 2 + len(planted) + 1 and all(line in table for line in mixed)
 
 
 def test_the_same_photo_in_two_classes_of_one_folder_is_named(tmp_path, capsys):
@@ -134,10 +136,12 @@ def test_the_same_photo_in_two_classes_of_one_folder_is_named(tmp_path, capsys):
     shutil.copy(star, train_dir / "berry" / "star copy.png")
     split = split_of(train_dir, 0.5)
     assert split["apple/star.png"] == split["berry/star copy.png"]
+    side = "validation" if split["apple/star.png"] else "training"
     assert capsys.readouterr().err.splitlines() == [
-        "warning: pairs of near-duplicate images in different classes: 1; one label of each pair is wrong, or the "
-        "classes are too alike to tell apart:", "path\tclass\tnear-duplicate\tits class",
-        f"{train_dir / 'apple' / 'star.png'}\tapple\t{train_dir / 'berry' / 'star copy.png'}\tberry"]
+        "warning: groups of near-duplicate images in different classes: 1; one label in each is wrong, or the "
+        "classes are too alike to tell apart:", "group\tpath\tclass\tside",
+        f"1\t{train_dir / 'apple' / 'star.png'}\tapple\t{side}",
+        f"1\t{train_dir / 'berry' / 'star copy.png'}\tberry\t{side}"]
 
 
 def test_an_unrelated_set_gives_no_near_duplicates():
@@ -152,10 +156,23 @@ def test_an_unrelated_set_gives_no_near_duplicates():
 
 
 def test_long_lists_are_cut_at_20_lines_with_the_count():
-    table = photos.near_duplicate_table([(f"v{index}.png", 0, f"t{index}.png", 0) for index in range(25)],
-                                        CLASS_NAMES)
-    lines = photos.first_lines(table).split("\n")
-    assert len(lines) == 22 and lines[-2] == "v19.png\tapple\tt19.png\tapple" and lines[-1] == "and 5 more"
+    lines = photos.first_lines(["heading"] + [f"photo {index}" for index in range(25)]).split("\n")
+    assert len(lines) == 22 and lines[-2] == "photo 19" and lines[-1] == "and 5 more"
+
+
+def test_a_large_group_of_the_same_photo_is_listed_once_a_photo_not_once_a_pair(tmp_path):
+    """300 copies of one photo, half in each folder: 300 lines, where a line a pair made 22,500 (1,200 made 75 MB)."""
+    for folder, count in (("train", 150), ("validation", 150)):
+        make_images(tmp_path / folder, {"apple": 2, "berry": 2}, seed=1 if folder == "train" else 2)
+        for number in range(count):
+            shutil.copy(tmp_path / "train" / "apple" / "apple_000.png",
+                        tmp_path / folder / "apple" / f"same_{number}.png")
+    train, _, run_files = photos.read_training_and_validation(tmp_path / "train", tmp_path / "validation", CLASS_NAMES,
+                                                              32, None, 1)
+    table = run_files["near_duplicates.tsv"].splitlines()
+    assert len(table) == 1 + 1 + 150 + 150  # the heading, then the group: the photo copied, and its 300 copies
+    assert {line.split("\t")[0] for line in table[1:]} == {"1"}
+    assert len(set(train[2][:152])) < 152  # the training photos' groups: the copies share one
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -238,7 +255,7 @@ def test_a_split_that_leaves_the_svm_too_few_counts_the_folder_and_what_is_left(
     import SVMModel
     train_dir = make_images(tmp_path / "photos", {"apple": 4, "berry": 3}, seed=1)
     with pytest.raises(runs.DataError) as refused:
-        SVMModel.cross_validation_folds(np.array([0, 0, 0, 1]), CLASS_NAMES, str(train_dir), 1, 0.5)
+        SVMModel.cross_validation_folds(np.array([0, 0, 0, 1]), np.arange(4), CLASS_NAMES, str(train_dir), 1, 0.5)
     assert str(refused.value) == (f"training class folder '{train_dir / 'berry'}' holds 3 images, of which "
                                   "--validation-split 0.5 leaves 1 to train on: cross-validation needs at least 2 per "
                                   "class; add images, or hold out a smaller fraction")
