@@ -373,8 +373,9 @@ def litert_converted(model, calibration_images):
 
     def calibration():
         # One black-and-white frame first: the input's range is then 0 to 255 exactly, so pixels go in as they are.
-        yield [np.repeat(np.linspace(0, 255, size, dtype=np.float32)[None, None, :, None] // 128 * 255, size, 1)
-               .repeat(3, 3)]
+        frame = np.zeros((1, size, size, 3), dtype=np.float32)
+        frame[:, :, size // 2:] = 255
+        yield [frame]
         for image in calibration_images:
             yield [image[None].astype(np.float32)]
 
@@ -458,7 +459,11 @@ def export_litert(model_file, script, train_dir, validation_dir, fraction, seed,
     (train_images, _, _), (images, labels, _), _ = photos.read_training_and_validation(
         train_dir, validation_dir, class_names, model.input_shape[1], fraction, seed)
     calibration_images = np.random.default_rng(seed).permutation(train_images)[:calibration_photos]
-    files = dict(zip(paths, litert_converted(model, calibration_images)))
+    try:
+        files = dict(zip(paths, litert_converted(model, calibration_images)))
+    except Exception as error:  # TensorFlow's converter raises many kinds
+        raise DataError(f"cannot convert '{model_file}' to LiteRT ({type(error).__name__}: "
+                        f"{runs.first_line(error)[:200]})") from None
 
     # Every file against the Keras model, on the same uint8 photos, one at a time as an app classifies them.
     cores, keras_seconds, keras_probabilities = runs.cores(), [], []
