@@ -174,6 +174,11 @@ class Checkpoint(keras.callbacks.Callback):
             except Exception as error:  # h5py and json raise many kinds on a file they did not write
                 raise DataError(f"cannot read the unfinished run in '{self.path}' ({type(error).__name__}): move it "
                                 "away, or add --restart to start again") from None
+            made_by = self.recorded["settings"].get("script")
+            if made_by != settings["script"]:
+                raise DataError(f"'{self.path}' holds an unfinished run of {made_by}.py: go on with python {made_by}.py "
+                                "and the command it was started with, or add --restart to start again (the unfinished "
+                                "run is then kept aside)")
             differing = differences(self.recorded["settings"], self.settings)
             if differing:
                 raise DataError(f"'{self.path}' holds an unfinished run started with other settings ({differing}): "

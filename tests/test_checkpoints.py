@@ -247,6 +247,9 @@ def test_a_stopped_run_goes_on_only_with_its_own_settings(small_dataset, tmp_pat
                                    "then, 4 now): run the command it was started with to go on, or add --restart")
     with pytest.raises(runs.DataError, match=r"\(learning_rate 1.0 then, 0.5 now\)"):  # main() as the script calls it
         run_in_process("FirstModel.py", *arguments, cwd=tmp_path, constants={"LEARNING_RATE": 0.5})
+    refused = run_in_process("SecondModel.py", *arguments, cwd=tmp_path)
+    assert_one_line_error(refused, f"'{checkpoint}' holds an unfinished run of FirstModel.py: go on with python "
+                                   "FirstModel.py and the command it was started with, or add --restart")
     for folder in (train_dir, validation_dir):
         (folder / "berry").rename(folder / "cherry")
     refused = run_in_process("FirstModel.py", *arguments, cwd=tmp_path)
