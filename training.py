@@ -176,9 +176,9 @@ class Checkpoint(keras.callbacks.Callback):
                                 "away, or add --restart to start again") from None
             made_by = self.recorded["settings"].get("script")
             if made_by != settings["script"]:
-                raise DataError(f"'{self.path}' holds an unfinished run of {made_by}.py: go on with python {made_by}.py "
-                                "and the command it was started with, or add --restart to start again (the unfinished "
-                                "run is then kept aside)")
+                raise DataError(f"'{self.path}' holds an unfinished run of {made_by}.py: go on with python "
+                                f"{made_by}.py and the command it was started with, or add --restart to start again "
+                                "(the unfinished run is then kept aside)")
             differing = differences(self.recorded["settings"], self.settings)
             if differing:
                 raise DataError(f"'{self.path}' holds an unfinished run started with other settings ({differing}): "
