@@ -172,6 +172,10 @@ def load_base(image_size, weights_file):
                 f"cannot download {BACKBONE}'s ImageNet weights ({reason}): fetch {address} on a machine "
                 f"with internet access and put it in '{cache}', or name a copy with --weights FILE") from None
         source = weights_file or os.path.join(cache, weights_file_name(image_size))
+        if isinstance(error, OSError) and not os.path.isfile(source):  # Keras' folder is a file, or cannot be made
+            raise runs.DataError(
+                f"cannot keep {BACKBONE}'s ImageNet weights in '{cache}' ({runs.why_not_written(error)}): set "
+                "KERAS_HOME to a folder you can write, or name a copy with --weights FILE") from None
         advice = "" if weights_file else ": delete it (Keras downloads it again) or put a whole copy in its place"
         raise runs.DataError(
             f"'{source}' does not hold {BACKBONE}'s ImageNet weights without its top at this --image-size "

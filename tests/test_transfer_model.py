@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import photos
+import runs
 import training
 from helpers import (FINAL_LINE, MOBILENET_WEIGHTS, REPO, assert_one_line_error, logged_scalars, make_images,
                      run_in_process, saved_epoch, stderr_lines)
@@ -107,6 +108,20 @@ def test_the_cache_named_is_the_folder_keras_reads(monkeypatch, tmp_path):
     assert TransferModel.keras_cache() == temporary
     assert TransferModel.weights_file_name(160) == MOBILENET_WEIGHTS.replace("_224_", "_160_")
     assert TransferModel.weights_file_name(32) == MOBILENET_WEIGHTS
+
+    # KERAS_HOME naming a file: Keras cannot make its folder there, and the line says so, not "delete the file".
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "a file"))
+
+    def keras_folder_in_a_file(**kwargs):
+        raise NotADirectoryError(20, "Not a directory", str(tmp_path / "a file" / "models"))
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", keras_folder_in_a_file)
+    with pytest.raises(runs.DataError) as refused:
+        TransferModel.load_base(224, None)
+    assert str(refused.value) == (f"cannot keep MobileNetV2's ImageNet weights in '{tmp_path / 'a file' / 'models'}' "
+                                  "(Not a directory): set KERAS_HOME to a folder you can write, or name a copy with "
+                                  "--weights FILE")
 
 
 def test_weights_that_do_not_fit_are_one_line(colours, tmp_path):
