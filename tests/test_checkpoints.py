@@ -287,15 +287,14 @@ def test_a_stop_between_transfer_models_stages_keeps_stage_1_and_the_same_comman
                  "--log-dir", tmp_path / "logs", "--model-file", tmp_path / "model.h5"]
     monkeypatch.setattr(training, "training_batches", sigterm_at_the_seam)
     stopped = run_in_process(*arguments, cwd=tmp_path)
-    monkeypatch.undo()
     checkpoint = tmp_path / "model.checkpoint.h5"
-    assert_stopped_in_one_line(stopped, signal.SIGTERM, f"TransferModel.py: interrupted (SIGTERM); the run is saved "
-                                                        f"after epoch 30 in {checkpoint}: the same command goes on "
-                                                        "at epoch 31")
+    line = (f"TransferModel.py: interrupted (SIGTERM); the run is saved after epoch 30 in {checkpoint}: the same "
+            "command goes on at epoch 31")
+    assert_stopped_in_one_line(stopped, signal.SIGTERM, line)
     with h5py.File(checkpoint, "r") as saved:
         assert json.loads(saved.attrs["run"])["trained"] == "classifier" and len(saved["optimizer"]) > 0
+    # The same command goes straight to stage 2 (stopped again as it starts: tracing stage 2 would take 10 s here;
+    # test_runs_killed_at_random_moments trains it).
     resumed = run_in_process(*arguments, cwd=tmp_path)
-    assert resumed.returncode == 0 and stderr_lines(resumed) == [], resumed.stderr
+    assert_stopped_in_one_line(resumed, signal.SIGTERM, line)
     assert "Going on from epoch 30 of an unfinished run" in resumed.stdout and "features of" not in resumed.stdout
-    assert re.findall(r"^Epoch (\d+)/", resumed.stdout, re.MULTILINE) == ["31"]
-    assert saved_epoch(tmp_path / "model.last.h5") == 31 and not checkpoint.exists()
