@@ -28,7 +28,8 @@ class DataError(Exception):
 
 
 def start(script):
-    """Stops handled, file names that are not text printable, TensorFlow loaded without its start-up lines."""
+    """Stops handled, output that can no longer be written dealt with, file names that are not text printable,
+    TensorFlow loaded without its start-up lines."""
     global _script, _said_on_stop, _output_gone, _stopping
     _script, _said_on_stop, _output_gone, _stopping = script, "nothing saved", False, False
     sys.stdout, sys.stderr = _Output(sys.stdout), _Output(sys.stderr)
