@@ -435,17 +435,27 @@ def litert_model(model_file, threads):
     return interpreter, class_names
 
 
-def litert_probabilities(interpreter, images):
-    """(probabilities, median seconds per photo) of uint8 images, one at a time, as an app gives them."""
-    (pixels,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+def one_at_a_time(classify, images):
+    """(probabilities, median seconds per photo) of uint8 images given to classify one at a time, as an app gives
+    them: classify takes a [1, H, W, 3] batch and returns its probabilities."""
     probabilities, seconds = [], []
     for image in images:
         started = time.perf_counter()
-        interpreter.set_tensor(pixels["index"], image[None])
-        interpreter.invoke()
-        probabilities.append(interpreter.get_tensor(output["index"])[0].copy())
+        probabilities.append(classify(image[None]))
         seconds.append(time.perf_counter() - started)
     return np.array(probabilities), float(np.median(seconds))
+
+
+def litert_probabilities(interpreter, images):
+    """(probabilities, median seconds per photo) of uint8 images by a LiteRT interpreter, one at a time."""
+    (pixels,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def classify(batch):
+        interpreter.set_tensor(pixels["index"], batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(output["index"])[0].copy()
+
+    return one_at_a_time(classify, images)
 
 
 def export_litert(model_file, script, train_dir, validation_dir, fraction, seed, calibration_photos):
@@ -471,35 +481,30 @@ def export_litert(model_file, script, train_dir, validation_dir, fraction, seed,
                         f"{runs.first_line(error)[:200]})") from None
 
     # Every file against the Keras model, on the same uint8 photos, one at a time as an app classifies them.
-    cores, keras_seconds, keras_probabilities = runs.cores(), [], []
-    for image in images:
-        started = time.perf_counter()
-        keras_probabilities.append(model.predict_on_batch(network_input(image[None]))[0])
-        keras_seconds.append(time.perf_counter() - started)
-    keras_probabilities = np.array(keras_probabilities)
+    cores = runs.cores()
+    keras_probabilities, keras_seconds = one_at_a_time(
+        lambda batch: model.predict_on_batch(network_input(batch))[0], images)
+    accuracies = {model_file: np.mean(keras_probabilities.argmax(1) == labels)}
+    # (file, agreement, largest difference, bytes, ms with 1 thread, with every core); TensorFlow's threads are set
+    # once, as it starts: every core.
+    rows = [(model_file, "-", "-", os.path.getsize(model_file), "-", f"{keras_seconds * 1000:.2f}")]
+    for path, content in files.items():
+        probabilities, one = litert_probabilities(litert_interpreter(model_content=content), images)
+        every = litert_probabilities(litert_interpreter(model_content=content, threads=cores), images)[1]
+        accuracies[path] = np.mean(probabilities.argmax(1) == labels)
+        rows.append((path, f"{np.mean(probabilities.argmax(1) == keras_probabilities.argmax(1)):.1%}",
+                     f"{np.abs(probabilities - keras_probabilities).max():.6f}", len(content), f"{one * 1000:.2f}",
+                     f"{every * 1000:.2f}"))
     lines = [f"{os.path.basename(model_file)} exported for apps: uint8 RGB pixels [1, {model.input_shape[1]}, "
              f"{model.input_shape[1]}, 3] in, probabilities out. On {len(images)} validation photos, one at a time:",
              f"{'file':<27}{'accuracy':>9}{'agreement':>10}{'max difference':>15}{'MB':>6}{'ms 1 thread':>12}"
-             f"{f'ms {cores} threads':>13}"]
-    accuracies = []
-    for path, content in [(model_file, None), *files.items()]:
-        if content is None:  # TensorFlow's threads are set once, at its start: every core
-            probabilities, compared, milliseconds = keras_probabilities, ["-", "-"], ["-", np.median(keras_seconds)]
-        else:
-            probabilities, one = litert_probabilities(litert_interpreter(model_content=content), images)
-            every = litert_probabilities(litert_interpreter(model_content=content, threads=cores), images)[1]
-            compared = [f"{np.mean(probabilities.argmax(1) == keras_probabilities.argmax(1)):.1%}",
-                        f"{np.abs(probabilities - keras_probabilities).max():.6f}"]
-            milliseconds = [one, every]
-        accuracies.append(np.mean(probabilities.argmax(1) == labels))
-        size = len(content) if content else os.path.getsize(model_file)
-        milliseconds = [value if value == "-" else f"{value * 1000:.2f}" for value in milliseconds]
-        lines.append(f"{os.path.basename(path):<27}{accuracies[-1]:>9.4f}{compared[0]:>10}{compared[1]:>15}"
-                     f"{size / 1e6:>6.1f}{milliseconds[0]:>12}{milliseconds[1]:>13}")
+             f"{f'ms {cores} threads':>13}"] + [
+        f"{os.path.basename(path):<27}{accuracies[path]:>9.4f}{agreement:>10}{difference:>15}{size / 1e6:>6.1f}"
+        f"{one:>12}{every:>13}" for path, agreement, difference, size, one, every in rows]
     warning = None
-    if accuracies[2] < accuracies[0] - 0.01:
-        warning = (f"the int8 file classifies {accuracies[2]:.1%} of the validation photos right, against "
-                   f"{accuracies[0]:.1%} for the Keras model: calibrate it on more training photos "
+    if accuracies[paths[1]] < accuracies[model_file] - 0.01:
+        warning = (f"the int8 file classifies {accuracies[paths[1]]:.1%} of the validation photos right, against "
+                   f"{accuracies[model_file]:.1%} for the Keras model: calibrate it on more training photos "
                    "(CALIBRATION_PHOTOS), or ship the float file")
     report = "\n".join(lines) + "\n"
     files[paths[2]] = "".join(f"{name}\n" for name in class_names).encode()
