@@ -175,12 +175,13 @@ def cores():
 
 
 def first_line(error):
+    """The first line of an exception's message, or its kind where it has none."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def why_not_written(error):
     """The reason an OSError gives for a file not written; h5py's RuntimeError has no number, only text."""
-    return os.strerror(error.errno) if getattr(error, "errno", None) else str(error).splitlines()[0]
+    return os.strerror(error.errno) if getattr(error, "errno", None) else first_line(error)
 
 
 # Files are written under a fixed hidden name, then renamed into place: a killed run leaves what the next write takes.
