@@ -268,17 +268,19 @@ def read_training_and_validation(train_dir, validation_dir, class_names, image_s
     # Each group of two or more, listed once (a list of pairs grows with the square of a group's size).
     order = np.argsort(groups, kind="stable")
     members = [group for group in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1) if len(group) > 1]
-    across = [group for group in members if 0 < side[group].sum() < len(group)]
-    mixed = [group for group in members if len(set(all_labels[group])) > 1]
+    is_across = [0 < side[group].sum() < len(group) for group in members]
+    is_mixed = [len(set(all_labels[group])) > 1 for group in members]
+    across = [group for group, chosen in zip(members, is_across) if chosen]
+    mixed = [group for group, chosen in zip(members, is_mixed) if chosen]
+    # A split lists every group; two folders those on both sides or in two classes, numbered as in the file.
+    listed = members if fraction is not None else [
+        group for group, chosen in zip(members, np.logical_or(is_across, is_mixed)) if chosen]
+    numbers = {id(group): number for number, group in enumerate(listed, 1)}
 
-    def table(chosen):  # groups numbered as in near_duplicates.tsv
-        numbers = {id(group): number for number, group in enumerate(listed, 1)}
+    def table(chosen):
         return ["group\tpath\tclass\tside"] + [
             f"{numbers[id(group)]}\t{readable_text(paths[index])}\t{class_names[all_labels[index]]}\t"
             f"{'validation' if side[index] else 'training'}" for group in chosen for index in group]
-
-    listed = members if fraction is not None else [group for group in members if any(
-        group is other for other in across + mixed)]
 
     if fraction is None and across:
         copies = sum(side[group].sum() for group in across)
